@@ -1,0 +1,88 @@
+"""Arithmetic word-free problems ("What is 37 + 58?") with difficulty levels as distributions.
+
+A distribution name is `<op>_<digits>d`: add_1d is 1-digit addition, sub_3d 3-digit subtraction
+(non-negative results), mul_2d 2-digit multiplication. Every split is deterministic by seed, and
+the held-out split never shares a problem with the training split.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from rl.wire import ChatMessage, Task
+
+OPERATORS = {"add": "+", "sub": "-", "mul": "*"}
+NAME_PATTERN = re.compile(r"^(add|sub|mul)_([1-9])d$")
+
+
+def parse_distribution(name: str) -> tuple[str, int]:
+    match = NAME_PATTERN.match(name)
+    if not match:
+        raise ValueError(
+            f"unknown arithmetic distribution {name!r}: use <op>_<digits>d with op in add/sub/mul, e.g. add_2d"
+        )
+    return match.group(1), int(match.group(2))
+
+
+def solve(op: str, a: int, b: int) -> int:
+    return a + b if op == "add" else a - b if op == "sub" else a * b
+
+
+def problem_space_size(op: str, digits: int) -> int:
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    count = 10**digits - low
+    return count * count
+
+
+def draw_problems(name: str, count: int, seed: int) -> list[tuple[int, int]]:
+    """`count` distinct operand pairs (fewer if the space is smaller), in a seeded order."""
+    op, digits = parse_distribution(name)
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    high = 10**digits - 1
+    rng = random.Random(f"{seed}-{name}")
+    if problem_space_size(op, digits) <= 4 * count:
+        pairs = [(a, b) for a in range(low, high + 1) for b in range(low, high + 1)]
+        rng.shuffle(pairs)
+        pairs = pairs[:count]
+    else:
+        seen: set[tuple[int, int]] = set()
+        pairs = []
+        while len(pairs) < count:
+            pair = (rng.randint(low, high), rng.randint(low, high))
+            if pair not in seen:
+                seen.add(pair)
+                pairs.append(pair)
+    if op == "sub":
+        pairs = [(max(a, b), min(a, b)) for a, b in pairs]
+        pairs = list(dict.fromkeys(pairs))
+    return pairs
+
+
+def make_task(name: str, split: str, index: int, a: int, b: int, instruction: str, system_prompt: str | None) -> Task:
+    op, _ = parse_distribution(name)
+    question = f"What is {a} {OPERATORS[op]} {b}?"
+    content = f"{question} {instruction}".strip()
+    messages = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
+    messages.append(ChatMessage(role="user", content=content))
+    return Task(
+        task_id=f"{name}/{split}/{index}",
+        distribution=name,
+        messages=messages,
+        answer=str(solve(op, a, b)),
+        metadata={"a": a, "b": b, "op": op},
+    )
+
+
+def build_splits(
+    name: str, train_size: int, test_size: int, seed: int, instruction: str, system_prompt: str | None = None
+) -> tuple[list[Task], list[Task]]:
+    """Disjoint (train, test) task lists; test takes the first `test_size` problems of the draw."""
+    pairs = draw_problems(name, train_size + test_size, seed)
+    if len(pairs) <= test_size:
+        raise ValueError(f"distribution {name} has only {len(pairs)} distinct problems; lower env.test_size")
+    test = [make_task(name, "test", i, a, b, instruction, system_prompt) for i, (a, b) in enumerate(pairs[:test_size])]
+    train = [
+        make_task(name, "train", i, a, b, instruction, system_prompt) for i, (a, b) in enumerate(pairs[test_size:])
+    ]
+    return train, test

@@ -1,0 +1,187 @@
+"""DeepSpeed set-up for the learner: process group, policy engine, reference model, weight export, HF save.
+
+Choices, and why:
+- torch's AdamW (`"torch_adam": true`): DeepSpeed's CPUAdam and FusedAdam are C++/CUDA ops that
+  JIT-compile on first use, which is slow and needs a compiler on every machine.
+- LR: linear warmup then constant, a torch LambdaLR handed to DeepSpeed, which steps it once per
+  optimizer step (on gradient-accumulation boundaries).
+- Weight decay skips 1-D parameters (norm weights, biases), as Hugging Face's Trainer does.
+- Exported and saved names are the Hugging Face names of `engine.module` (what vLLM's
+  `load_weights` expects); a tied `lm_head.weight` is the embedding and is sent once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+if not torch.cuda.is_available():
+    # DeepSpeed resolves its accelerator once, at import; say it rather than let it probe for one.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import deepspeed  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def init_distributed() -> None:
+    """Join (or, for a single process, create) the process group; gloo on CPU, nccl on CUDA. Idempotent."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, default)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    else:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def warmup_constant_lr_factor(step: int, warmup_steps: int) -> float:
+    """LR multiplier for optimizer step `step` (0-based): linear ramp 1/w, 2/w, ..., 1, then constant 1."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+def check_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
+    if dtype == "bfloat16" and not torch.cuda.is_available():
+        raise ValueError("bfloat16 training needs a GPU (this CPU has no bf16 hardware); use dtype: float32 on CPU")
+    return DTYPES[dtype]
+
+
+def load_hf_model(model_path: str, torch_dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+
+
+def build_policy_engine(
+    model_path: str,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    warmup_steps: int,
+    total_steps: int,
+    zero_stage: int,
+    micro_batch_size: int,
+    grad_accum_steps: int,
+    grad_clip: float,
+    dtype: str,
+    seed: int,
+    gradient_checkpointing: bool = False,
+):
+    """Return a DeepSpeed engine training the HF causal LM at `model_path`.
+
+    `grad_accum_steps` must equal the number of micro-batches `grpo_step` gets per optimizer step.
+    `total_steps` only bounds `warmup_steps`: the LR is constant after warmup.
+    """
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps ({warmup_steps}) must be between 0 and total_steps ({total_steps})")
+    check_dtype(dtype)
+    init_distributed()
+    deepspeed.runtime.utils.set_random_seed(seed)
+
+    model = load_hf_model(model_path, torch.float32)  # DeepSpeed casts to bf16 itself and keeps fp32 masters
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    param_groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    config = {
+        "train_batch_size": micro_batch_size * grad_accum_steps * world_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "gradient_clipping": grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": lr, "betas": list(betas), "eps": 1e-8, "weight_decay": weight_decay, "torch_adam": True},
+        },
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=param_groups,
+        config=config,
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_constant_lr_factor(step, warmup_steps)
+        ),
+    )
+    return engine
+
+
+def build_reference_model(model_path: str, dtype: str):
+    """Return the frozen reference policy for the KL term: eval mode, no grads, on the learner's device."""
+    model = load_hf_model(model_path, check_dtype(dtype))
+    model.eval().requires_grad_(False)
+    if torch.cuda.is_available():
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+    return model
+
+
+def iter_publish_tensors(engine, dtype: torch.dtype, bucket_bytes: int) -> Iterator[list[tuple[str, Tensor]]]:
+    """Yield the policy's weights as buckets of (HF name, CPU contiguous tensor in `dtype`), ~bucket_bytes each.
+
+    A tensor larger than `bucket_bytes` is a bucket of its own. Under ZeRO-3 every rank must run the
+    iteration in lockstep (each bucket is an all-gather) and the tensors are copies, because the
+    gathered parameters are freed again after each bucket. Otherwise a parameter already on CPU in
+    `dtype` is yielded as a detached view: do not modify it, and copy it if it must outlive the next
+    optimizer step.
+    """
+    zero3 = engine.zero_optimization_partition_weights()
+    bucket: list[tuple[str, torch.nn.Parameter]] = []
+    size = 0
+    for name, param in engine.module.named_parameters():  # dedups tied weights: lm_head comes once, as the embedding
+        nbytes = (param.ds_numel if zero3 else param.numel()) * dtype.itemsize
+        if bucket and size + nbytes > bucket_bytes:
+            yield materialise_bucket(bucket, dtype, zero3)
+            bucket, size = [], 0
+        bucket.append((name, param))
+        size += nbytes
+    if bucket:
+        yield materialise_bucket(bucket, dtype, zero3)
+
+
+def materialise_bucket(bucket: list[tuple[str, torch.nn.Parameter]], dtype: torch.dtype, zero3: bool) -> list[tuple[str, Tensor]]:
+    if not zero3:
+        # Tensor.to returns the tensor itself when device and dtype already match: a view, no copy.
+        return [(name, param.detach().to(device="cpu", dtype=dtype).contiguous()) for name, param in bucket]
+    with deepspeed.zero.GatheredParameters([param for _, param in bucket], modifier_rank=None):
+        return [(name, param.detach().to(device="cpu", dtype=dtype, copy=True).contiguous()) for name, param in bucket]
+
+
+def save_hf(engine, tokenizer_dir: str, out_dir: str) -> None:
+    """Write a Hugging Face folder (safetensors, config, tokenizer) of the policy; collective under ZeRO-3, rank 0 writes."""
+    from transformers import AutoTokenizer
+
+    dtype = next(engine.module.parameters()).dtype
+    is_writer = torch.distributed.get_rank() == 0
+    state_dict = {}
+    for bucket in iter_publish_tensors(engine, dtype, bucket_bytes=256 * 2**20):
+        if is_writer:  # the other ranks only take part in the gathers
+            state_dict.update(bucket)
+    if is_writer:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        engine.module.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out_dir)
+    torch.distributed.barrier()

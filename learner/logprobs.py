@@ -1,0 +1,26 @@
+"""Per-token logprobs of a causal LM on a right-padded batch, the quantity every RL loss needs.
+
+logprob[t] = log_softmax(logits[t] / temperature)[input_ids[t + 1]], computed as
+gather(logits) - logsumexp(logits) so that no full (B, L, V) log_softmax is kept: with SmolLM2's
+vocabulary (49152) a (8, 512, V) float32 tensor is 800 MB, and autograd would save it for backward.
+The temperature must match the sampler's (vLLM divides its logits the same way) or the ratio to
+rollout logprobs is biased.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """Return (B, L-1): logprob of input_ids[:, t+1] given input_ids[:, :t+1], for a model or a DeepSpeed engine."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (greedy decoding has no logprobs to train on), got {temperature}")
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, L, V)
+    logits = logits[:, :-1]  # (B, L-1, V) view: position t predicts token t+1
+    if temperature != 1.0:
+        logits = logits / temperature  # the one extra (B, L-1, V) tensor
+    targets = input_ids[:, 1:].unsqueeze(-1)  # (B, L-1, 1)
+    target_logits = torch.gather(logits, dim=-1, index=targets).squeeze(-1)  # (B, L-1)
+    return target_logits.float() - torch.logsumexp(logits.float(), dim=-1)  # (B, L-1)

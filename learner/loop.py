@@ -1,0 +1,232 @@
+"""The learner process: set up, evaluate, then train step by step, publishing weights after each.
+
+One step: draw prompts -> workers sample and score them (policy version v) -> drop stale groups ->
+GRPO advantages -> one DeepSpeed optimizer step -> publish weights as version v+1 -> log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from envs.source import TaskSource
+from learner.advantages import group_advantages
+from learner.batch import TrainSample, build_micro_batches
+from learner.engine import build_policy_engine, build_reference_model, init_distributed, iter_publish_tensors, save_hf
+from learner.step import grpo_step
+from rewards.registry import accuracy_of
+from rl.config import Config, load_config
+from rl.coordinator import Coordinator, Trajectory, drop_stale
+from rl.curriculum import UniformCurriculum
+from rl.evaluation import evaluation_table, summarize_eval
+from rl.monitor import Monitor
+from rl.transport import LearnerEndpoint
+from rl.wire import SamplingParams, Welcome
+
+log = logging.getLogger("learner")
+
+ROLLOUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def run(run_dir: Path, model_path: str) -> None:
+    config = load_config(run_dir / "config.yaml")
+    torch.set_num_threads(config.train.threads or os.cpu_count() or 1)
+    torch.manual_seed(config.run.seed)
+
+    # ---- set-up: data, engine, bus
+    source = TaskSource(config.env, config.run.seed, UniformCurriculum(config.env.distributions))
+    init_distributed()
+    batch_size = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
+    engine = build_policy_engine(
+        model_path,
+        lr=config.train.lr,
+        weight_decay=config.train.weight_decay,
+        betas=tuple(config.train.betas),
+        warmup_steps=config.train.warmup_steps,
+        total_steps=max(1, config.train.steps),
+        zero_stage=config.train.zero_stage,
+        micro_batch_size=config.train.micro_batch_size,
+        grad_accum_steps=batch_size // config.train.micro_batch_size,
+        grad_clip=config.train.grad_clip,
+        dtype=config.train.dtype,
+        seed=config.run.seed,
+        gradient_checkpointing=config.train.gradient_checkpointing,
+    )
+    ref_model = build_reference_model(model_path, config.train.dtype) if config.train.kl_coef > 0 else None
+    pad_id = pad_token_id(model_path)
+    rollout_dtype = ROLLOUT_DTYPES[resolve_rollout_dtype(config.rollout.dtype)]
+    bucket_bytes = config.rollout.bucket_mb * 2**20
+    version = 0
+
+    def current_weights():
+        return version, iter_publish_tensors(engine, rollout_dtype, bucket_bytes)
+
+    endpoint = LearnerEndpoint(config.transport.host, config.transport.port)
+    coordinator = Coordinator(endpoint, lambda wid: welcome(config, model_path, run_dir, wid), current_weights)
+    (run_dir / "learner_address").write_text(endpoint.address)
+    log.info("learner listening on %s", endpoint.address)
+    coordinator.wait_for_workers(
+        config.transport.wait_for_workers or max(1, config.rollout.num_workers), config.transport.worker_wait_s
+    )
+
+    monitor = Monitor(config, run_dir, config.train.steps)
+    try:
+        before = evaluate(coordinator, source, config, version, run_dir / "eval_before.json") if config.eval.before else None
+
+        # ---- the loop
+        for step in range(1, config.train.steps + 1):
+            step_start = time.perf_counter()
+            tasks = source.next_tasks(config.rollout.prompts_per_step)
+            rollout_start = time.perf_counter()
+            trajectories = coordinator.run_tasks(tasks, training_sampling(config, step), "train", min_version=version)
+            rollout_seconds = time.perf_counter() - rollout_start
+            trajectories, dropped = drop_stale(trajectories, version, config.rollout.max_staleness)
+            samples = with_advantages(trajectories, config.train.adv_eps)
+            for name, values in abs_advantages_by_distribution(trajectories, samples).items():
+                source.curriculum.observe(name, values)
+
+            micro_batches = build_micro_batches(samples, config.train.micro_batch_size, pad_id)
+            train_metrics = grpo_step(
+                engine,
+                micro_batches,
+                clip_eps=config.train.clip_eps,
+                kl_coef=config.train.kl_coef,
+                temperature=config.rollout.temperature or 1.0,
+                ref_model=ref_model,
+            )
+            version += 1
+            sync = coordinator.publish(version, iter_publish_tensors(engine, rollout_dtype, bucket_bytes))
+            coordinator.wait_for_acks(version, timeout_s=600)
+
+            metrics = {
+                **rollout_metrics(trajectories, rollout_seconds, config),
+                **train_metrics,
+                "policy_version": version,
+                "weight_sync/seconds": max(sync.acked.values(), default=sync.send_seconds),
+                "weight_sync/send_seconds": sync.send_seconds,
+                "rollout/dropped_stale": dropped,
+                "time/step_seconds": time.perf_counter() - step_start,
+            }
+            monitor.log(step, metrics)
+            monitor.advance(metrics)
+
+        after = evaluate(coordinator, source, config, version, run_dir / "eval_after.json") if config.eval.after else None
+        if before or after:
+            print(evaluation_table(before, after), flush=True)
+            monitor.summary({f"eval/after/{k}": v for k, v in (after or {}).get("accuracy", {}).items()})
+        final_dir = run_dir / "final"
+        save_hf(engine, model_path, str(final_dir))
+        print(f"[rl] saved the trained policy to {final_dir}", flush=True)
+    finally:
+        coordinator.shutdown("training finished")
+        monitor.close()
+        endpoint.close()
+
+
+# ------------------------------------------------------------------ pieces of a step
+
+
+def training_sampling(config: Config, step: int) -> SamplingParams:
+    r = config.rollout
+    return SamplingParams(
+        n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens, seed=None
+    )
+
+
+def with_advantages(trajectories: list[Trajectory], eps: float) -> list[TrainSample]:
+    """Group the trajectories by prompt and attach GRPO advantages, in input order."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, t in enumerate(trajectories):
+        groups[t.group_key].append(i)
+    advantages = [0.0] * len(trajectories)
+    for indices in groups.values():
+        rewards = torch.tensor([[trajectories[i].meta.reward for i in indices]], dtype=torch.float64)
+        for i, a in zip(indices, group_advantages(rewards, eps=eps)[0].tolist()):
+            advantages[i] = a
+    return [
+        TrainSample(
+            prompt_ids=t.prompt_ids.tolist(),
+            completion_ids=t.completion_ids.tolist(),
+            rollout_logprobs=t.rollout_logprobs.tolist(),
+            advantage=a,
+        )
+        for t, a in zip(trajectories, advantages)
+    ]
+
+
+def abs_advantages_by_distribution(trajectories: list[Trajectory], samples: list[TrainSample]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for t, s in zip(trajectories, samples):
+        out[t.meta.distribution].append(abs(s.advantage))
+    return out
+
+
+def rollout_metrics(trajectories: list[Trajectory], seconds: float, config: Config) -> dict[str, float]:
+    rewards = torch.tensor([t.meta.reward for t in trajectories])
+    lengths = torch.tensor([t.meta.completion_len for t in trajectories], dtype=torch.float32)
+    metrics = {
+        "rollout/reward_mean": rewards.mean().item(),
+        "rollout/reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
+        "rollout/accuracy": accuracy_of([t.meta for t in trajectories], config.rewards),
+        "rollout/response_len_mean": lengths.mean().item(),
+        "rollout/response_len_max": lengths.max().item(),
+        "rollout/truncated_frac": sum(t.meta.finish_reason == "length" for t in trajectories) / len(trajectories),
+        "rollout/tokens_per_s": lengths.sum().item() / max(seconds, 1e-9),
+        "rollout/seconds": seconds,
+    }
+    components: dict[str, list[float]] = defaultdict(list)
+    for t in trajectories:
+        for name, value in t.meta.reward_components.items():
+            components[name].append(value)
+    for name, values in components.items():
+        metrics[f"reward/{name}"] = sum(values) / len(values)
+    return metrics
+
+
+# ------------------------------------------------------------------ evaluation and helpers
+
+
+def evaluate(coordinator: Coordinator, source: TaskSource, config: Config, version: int, path: Path) -> dict:
+    """Greedy accuracy on the held-out split, per distribution. Never feeds the curriculum."""
+    sampling = SamplingParams(
+        n=1, temperature=0.0, top_p=1.0, max_tokens=config.eval.max_new_tokens or config.rollout.max_new_tokens
+    )
+    start = time.perf_counter()
+    trajectories = coordinator.run_tasks(source.held_out(), sampling, "eval", min_version=version)
+    result = summarize_eval([t.meta for t in trajectories], config.rewards)
+    result["policy_version"] = version
+    result["seconds"] = time.perf_counter() - start
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def welcome(config: Config, model_path: str, run_dir: Path, worker_id: int) -> Welcome:
+    return Welcome(
+        worker_id=worker_id,
+        model_path=model_path,
+        rollout=config.rollout.model_dump(mode="json"),
+        rewards=[c.model_dump(mode="json") for c in config.rewards],
+        seed=config.run.seed,
+        run_dir=str(run_dir),
+    )
+
+
+def resolve_rollout_dtype(dtype: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def pad_token_id(model_path: str) -> int:
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    pad = config.get("pad_token_id")
+    if pad is None:
+        eos = config.get("eos_token_id", 0)
+        pad = eos[0] if isinstance(eos, list) else eos
+    return int(pad)

@@ -1,0 +1,268 @@
+"""The run configuration: small nested pydantic models, loaded from YAML with dotted overrides.
+
+A YAML file may name another with `base: other.yaml` (relative to itself); the file's keys are
+merged over the base's, recursively for mappings, replacing lists and scalars. Overrides
+(`train.lr=2e-6`) are parsed as YAML scalars and applied last. Every model forbids unknown keys;
+`ConfigError` turns pydantic's errors into messages that name the path and suggest the fix.
+This module imports nothing heavy: the CLI validates a config before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("run", description="Name of the run; the run folder is OUTPUT_DIR/NAME-TIMESTAMP.")
+    output_dir: str = Field("runs", description="Folder that holds run folders.")
+    seed: int = Field(0, description="Seed for task generation, sampling and initialisation.")
+
+
+class EnvConfig(Section):
+    name: Literal["arithmetic"] = Field("arithmetic", description="Task generator.")
+    distributions: list[str] = Field(
+        default_factory=lambda: ["add_1d", "add_2d"],
+        min_length=1,
+        description="Distributions to train on, e.g. add_1d (1-digit addition), add_2d, sub_2d, mul_1d, add_3d, add_4d.",
+    )
+    train_size: int = Field(2000, ge=1, description="Training tasks per distribution.")
+    test_size: int = Field(32, ge=1, description="Held-out tasks per distribution (disjoint from training).")
+    system_prompt: str | None = Field(None, description="System message, or null for none.")
+    instruction: str = Field(
+        "Put the final answer in \\boxed{}.",
+        description="Appended to every question.",
+    )
+
+
+class RewardComponent(Section):
+    name: str = Field(description="Built-in reward name (see `rl rewards`).")
+    weight: float = Field(1.0, description="Weight of this component in the total reward.")
+
+
+class RolloutConfig(Section):
+    num_workers: int = Field(1, ge=0, description="Rollout worker processes `rl train` starts (more can join with `rl rollout`).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts (groups) per training step.")
+    samples_per_prompt: int = Field(4, ge=2, description="Samples per prompt (GRPO group size n).")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature for training rollouts.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(96, ge=1, description="Maximum completion length in tokens.")
+    max_model_len: int = Field(1024, ge=16, description="Longest prompt + completion the engine accepts.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Engine and weight-sync dtype; auto is float32 on CPU, bfloat16 on GPU."
+    )
+    kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU (GiB).")
+    enforce_eager: bool = Field(True, description="Skip graph compilation (faster start, slower decode).")
+    cpu_threads: str | None = Field(None, description="Cores vLLM binds to on CPU, e.g. '0-1'; default all.")
+    max_staleness: int = Field(1, ge=0, description="Drop trajectories more than this many policy versions old.")
+    bucket_mb: int = Field(64, ge=1, description="Weight-sync bucket size in MiB.")
+    debug_dump_weights: bool = Field(
+        False, description="After each sync, workers save their live weights to RUN/worker-K-weights.safetensors (tests)."
+    )
+
+
+class TrainConfig(Section):
+    steps: int = Field(20, ge=0, description="Optimizer steps (one per batch of prompts_per_step x samples_per_prompt).")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.999))
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps, then constant.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
+    grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient norm to this.")
+    clip_eps: float = Field(0.2, gt=0, description="PPO/GRPO ratio clip range.")
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL penalty to the reference model; 0 loads no reference model.")
+    adv_eps: float = Field(1e-6, gt=0, description="Added to the group std in the advantage denominator.")
+    zero_stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training dtype (float32 on CPU).")
+    gradient_checkpointing: bool = Field(False)
+    threads: int | None = Field(None, ge=1, description="torch threads of the learner; default all cores.")
+
+
+class EvalConfig(Section):
+    before: bool = Field(True, description="Evaluate the held-out split before training.")
+    after: bool = Field(True, description="Evaluate the held-out split after training.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
+
+
+class TransportConfig(Section):
+    host: str = Field("127.0.0.1", description="Address the learner binds; loopback unless set.")
+    port: int = Field(0, ge=0, le=65535, description="Port the learner binds; 0 picks a free one.")
+    worker_wait_s: float = Field(600.0, gt=0, description="How long the learner waits for its first workers.")
+    wait_for_workers: int | None = Field(
+        None, ge=1, description="Workers to wait for before the first step; default rollout.num_workers (at least 1)."
+    )
+
+
+class LoggingConfig(Section):
+    wandb: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online when WANDB_API_KEY is set, offline otherwise."
+    )
+    project: str = Field("rl", description="W&B project.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class Config(Section):
+    model: str = Field("smollm2-135m-instruct", description="Built-in model name or a local Hugging Face folder.")
+    run: RunConfig = Field(default_factory=RunConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    rewards: list[RewardComponent] = Field(
+        default_factory=lambda: [
+            RewardComponent(name="boxed_answer", weight=1.0),
+            RewardComponent(name="boxed_format", weight=0.1),
+        ],
+        min_length=1,
+    )
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> "Config":
+        batch = self.rollout.prompts_per_step * self.rollout.samples_per_prompt
+        if batch % self.train.micro_batch_size:
+            raise ValueError(
+                f"train.micro_batch_size={self.train.micro_batch_size} must divide the batch "
+                f"rollout.prompts_per_step x rollout.samples_per_prompt = {batch}"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file or key and says what to do."""
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    raw = load_yaml_with_base(Path(path))
+    for item in overrides:
+        apply_override(raw, item)
+    return validate(raw, source=str(path))
+
+
+def load_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: `base:` chain loops back to itself ({' -> '.join(map(str, _seen + (path,)))}).")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}.")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    return deep_merge(load_yaml_with_base(base_path, _seen + (path,)), data)
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `dotted.key=value` override in place; the value is read as a YAML scalar."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value (e.g. train.lr=2e-6).")
+    dotted, _, text = item.partition("=")
+    keys = dotted.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {item!r}: empty key in {dotted!r}.")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({err}).") from err
+    node = raw
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: " + "\n  ".join(describe_error(e) for e in err.errors())) from None
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    path = ".".join(loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        valid = sorted(fields_at(loc[:-1]))
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"did you mean `{'.'.join(loc[:-1] + close)}`?" if close else f"valid keys here: {', '.join(valid)}"
+        return f"unknown key `{path}`: {hint}"
+    if kind == "value_error":
+        return error["msg"].removeprefix("Value error, ")
+    if kind == "missing":
+        return f"`{path}` is required."
+    expected = EXPECTED.get(kind)
+    got = error.get("input")
+    if kind == "literal_error":
+        expected = f"one of {error['ctx']['expected']}"
+    if expected:
+        return f"`{path}` must be {expected}, got {got!r}."
+    return f"`{path}`: {error['msg']} (got {got!r})."
+
+
+EXPECTED = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "tuple_type": "a list of two numbers",
+}
+
+
+def fields_at(loc: list[str]) -> set[str]:
+    """Field names of the model found by walking `loc` from Config (list indices are skipped)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return set()
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", None)
+        candidates = [annotation, *(inner or ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return set()
+    return set(model.model_fields)
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

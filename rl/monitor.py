@@ -1,0 +1,103 @@
+"""Where metrics go: RUN/metrics.jsonl (always), W&B (online with a key, offline otherwise),
+a progress bar, and PNG plots of the curves at the end of a run.
+
+Metrics are computed elsewhere and handed in as flat dicts with namespaced keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from rl.config import Config
+
+
+class Monitor:
+    def __init__(self, config: Config, run_dir: Path, total_steps: int):
+        self.run_dir = run_dir
+        self.metrics_file = (run_dir / "metrics.jsonl").open("a")
+        self.history: list[dict[str, Any]] = []
+        self.wandb_run = start_wandb(config, run_dir)
+        self.progress = tqdm(total=total_steps, desc="train", unit="step", disable=not config.logging.progress, dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": step, "time": round(time.time(), 3), **metrics}
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        self.history.append(record)
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def advance(self, metrics: dict[str, Any]) -> None:
+        shown = {"reward": metrics.get("rollout/reward_mean"), "acc": metrics.get("rollout/accuracy")}
+        self.progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
+        self.progress.update(1)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.wandb_run is not None:
+            for key, value in values.items():
+                self.wandb_run.summary[key] = value
+
+    def close(self) -> None:
+        self.progress.close()
+        self.metrics_file.close()
+        plot_curves(self.history, self.run_dir / "curves.png")
+        if self.wandb_run is not None:
+            offline = self.wandb_run.settings.mode == "offline"
+            run_path = Path(self.wandb_run.dir).parent
+            self.wandb_run.finish()
+            if offline:
+                print(f"[rl] W&B ran offline; upload with: wandb sync {run_path}", flush=True)
+
+
+def start_wandb(config: Config, run_dir: Path):
+    mode = config.logging.wandb
+    if mode == "disabled":
+        return None
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    import wandb
+
+    return wandb.init(
+        project=config.logging.project,
+        name=run_dir.name,
+        dir=str(run_dir),
+        mode=mode,
+        config=config.model_dump(mode="json"),
+        settings=wandb.Settings(console="off", silent=True),
+    )
+
+
+PLOTTED = [
+    ("rollout/reward_mean", "reward (mean)"),
+    ("rollout/accuracy", "rollout accuracy"),
+    ("rollout/response_len_mean", "response length (tokens)"),
+    ("train/kl", "KL to reference"),
+]
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Reward, accuracy and length per step in one PNG; people read curves faster than logs."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [(key, label) for key, label in PLOTTED if any(key in r for r in history)]
+    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], present):
+        points = [(r["step"], r[key]) for r in history if key in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

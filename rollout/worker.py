@@ -1,0 +1,159 @@
+"""A rollout worker: connect to the learner, generate and score samples, load new weights in place.
+
+The worker is a loop over the messages of one connection; ZeroMQ keeps them in order, so by the
+time a `Tasks` message asks for policy version v, the weights of v have already been loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rewards.registry import build_reward
+from rl.config import RolloutConfig
+from rl.transport import WorkerEndpoint
+from rl.wire import (
+    NUMPY_DTYPES,
+    Hello,
+    SampleMeta,
+    Samples,
+    Shutdown,
+    Tasks,
+    Weights,
+    WeightsLoaded,
+    Welcome,
+    WorkerFailed,
+)
+
+log = logging.getLogger("rollout")
+
+
+class RolloutWorker:
+    def __init__(self, address: str, name: str | None = None, welcome_timeout_s: float = 600.0):
+        self.endpoint = WorkerEndpoint(address)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.endpoint.send(Hello(worker_name=self.name, pid=os.getpid(), host=socket.gethostname()))
+        received = self.endpoint.receive(int(welcome_timeout_s * 1000))
+        if received is None or not isinstance(received[0], Welcome):
+            raise TimeoutError(f"no learner answered at {address} within {welcome_timeout_s:.0f} s; is `rl train` running there?")
+        welcome: Welcome = received[0]
+        self.worker_id = welcome.worker_id
+        self.config = RolloutConfig.model_validate(welcome.rollout)
+        self.reward = build_reward(welcome.rewards)
+        self.run_dir = Path(welcome.run_dir)
+        self.version = 0
+        self.load_seconds = 0.0
+        log.info("worker %d (%s) joined; loading %s", self.worker_id, self.name, welcome.model_path)
+
+        from transformers import AutoTokenizer
+
+        from rollout.engine import RolloutEngine
+
+        self.tokenizer = AutoTokenizer.from_pretrained(welcome.model_path)
+        self.engine = RolloutEngine(
+            welcome.model_path,
+            dtype=self.config.dtype,
+            seed=welcome.seed + self.worker_id,
+            max_model_len=self.config.max_model_len,
+            kv_cache_gib=self.config.kv_cache_gib,
+            enforce_eager=self.config.enforce_eager,
+            cpu_threads=self.config.cpu_threads,
+        )
+
+    def run(self) -> None:
+        try:
+            while True:
+                received = self.endpoint.receive(timeout_ms=1000)
+                if received is None:
+                    continue
+                message, payload = received
+                if isinstance(message, Weights):
+                    self.load_bucket(message, payload)
+                elif isinstance(message, Tasks):
+                    self.endpoint.send(*self.generate(message))
+                elif isinstance(message, Shutdown):
+                    log.info("worker %d: shutdown (%s)", self.worker_id, message.reason)
+                    return
+        except Exception as err:
+            self.endpoint.send(WorkerFailed(worker_id=self.worker_id, error=f"{type(err).__name__}: {err}"))
+            raise
+        finally:
+            self.engine.close()
+            self.endpoint.close()
+
+    def load_bucket(self, message: Weights, payload: list[memoryview]) -> None:
+        import torch
+
+        start = time.perf_counter()
+        named = []
+        for meta, frame in zip(message.tensors, payload):
+            array = np.frombuffer(frame, dtype=NUMPY_DTYPES[meta.dtype]).reshape(meta.shape)
+            tensor = torch.from_numpy(array)
+            if meta.dtype == "bfloat16":
+                tensor = tensor.view(torch.bfloat16)
+            named.append((meta.name, tensor))
+        self.engine.load_weights(named)
+        self.load_seconds += time.perf_counter() - start
+        if message.bucket == message.num_buckets - 1:
+            self.version = message.version
+            self.endpoint.send(WeightsLoaded(worker_id=self.worker_id, version=self.version, load_seconds=self.load_seconds))
+            self.load_seconds = 0.0
+            if self.config.debug_dump_weights:
+                from safetensors.torch import save_file
+
+                snapshot = self.engine.parameters_snapshot()
+                save_file(snapshot, str(self.run_dir / f"worker-{self.worker_id}-weights.safetensors"), metadata={"version": str(self.version)})
+
+    def generate(self, request: Tasks) -> tuple[Samples, list[np.ndarray]]:
+        if self.version < request.min_version:
+            raise RuntimeError(f"asked for policy version {request.min_version} but holds {self.version}")
+        prompts = [
+            self.tokenizer.apply_chat_template(
+                [m.model_dump() for m in task.messages], add_generation_prompt=True, tokenize=True
+            )
+            for task in request.tasks
+        ]
+        prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
+        sp = request.sampling
+        outputs = self.engine.generate(
+            prompts, n=sp.n, temperature=sp.temperature, top_p=sp.top_p, max_tokens=sp.max_tokens, seed=sp.seed
+        )
+        metas, prompt_ids, completion_ids, logprobs = [], [], [], []
+        for t, (task, prompt, completions) in enumerate(zip(request.tasks, prompts, outputs)):
+            for s, completion in enumerate(completions):
+                total, components = self.reward(completion.text, task)
+                metas.append(
+                    SampleMeta(
+                        sample_id=f"w{self.worker_id}-r{request.request_id}-t{t}-s{s}",
+                        task_id=task.task_id,
+                        distribution=task.distribution,
+                        prompt_len=len(prompt),
+                        completion_len=len(completion.token_ids),
+                        reward=total,
+                        reward_components=components,
+                        finish_reason=completion.finish_reason,
+                        policy_version=self.version,
+                        worker_id=self.worker_id,
+                        text=completion.text,
+                    )
+                )
+                prompt_ids.extend(prompt)
+                completion_ids.extend(completion.token_ids)
+                logprobs.extend(completion.logprobs)
+        frames = [
+            np.asarray(prompt_ids, dtype=np.int32),
+            np.asarray(completion_ids, dtype=np.int32),
+            np.asarray(logprobs, dtype=np.float32),
+        ]
+        header = Samples(request_id=request.request_id, purpose=request.purpose, worker_id=self.worker_id, samples=metas)
+        return header, frames
+
+
+def main(address: str, name: str | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    RolloutWorker(address, name).run()

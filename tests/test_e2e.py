@@ -1,0 +1,131 @@
+"""The real loop on a tiny model: `rl train` -> learner (DeepSpeed) + vLLM workers over ZeroMQ."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).parents[1]
+
+
+def write_config(tmp_path: Path, model_dir: Path, **extra) -> Path:
+    lines = [
+        f"model: {model_dir}",
+        f"run: {{name: e2e, output_dir: {tmp_path / 'runs'}, seed: 1}}",
+        "env: {distributions: [add_1d, add_2d], train_size: 20, test_size: 2}",
+        "rollout: {num_workers: %d, prompts_per_step: 2, samples_per_prompt: 2, max_new_tokens: 8, max_model_len: 256,"
+        " kv_cache_gib: 0.25, debug_dump_weights: true, bucket_mb: 1}" % extra.get("num_workers", 1),
+        "train: {steps: 2, lr: 1.0e-3, micro_batch_size: 2, threads: 1}",
+        "logging: {wandb: offline, progress: false}",
+        # a random model never earns the boxed reward; this user reward gives the groups variance
+        f"rewards: [{{name: boxed_answer, weight: 1.0}}, {{name: '{REPO / 'tests' / 'rewards_for_tests.py'}:shorter_is_better', weight: 1.0}}]",
+    ]
+    if "wait_for_workers" in extra:
+        lines.append(f"transport: {{wait_for_workers: {extra['wait_for_workers']}}}")
+    path = tmp_path / "e2e.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def fuse_like_vllm(hf: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """The HF tensor(s) that vLLM's fused parameter `name` is made of."""
+    if "qkv_proj" in name:
+        return torch.cat([hf[name.replace("qkv_proj", p)] for p in ("q_proj", "k_proj", "v_proj")])
+    if "gate_up_proj" in name:
+        return torch.cat([hf[name.replace("gate_up_proj", p)] for p in ("gate_proj", "up_proj")])
+    if name == "lm_head.weight" and name not in hf:
+        return hf["model.embed_tokens.weight"]  # tied
+    return hf[name]
+
+
+def run_dir_of(tmp_path: Path) -> Path:
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    return run_dir
+
+
+def assert_no_process_mentions(text: str) -> None:
+    import psutil
+
+    leftovers = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if text in " ".join(proc.info["cmdline"] or []):
+                leftovers.append(proc.info)
+        except psutil.Error:
+            pass
+    assert not leftovers, f"processes outlived the run: {leftovers}"
+
+
+def check_run(run_dir: Path, workers: int) -> None:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["policy_version"] for r in records] == [1, 2]
+    for key in ("rollout/reward_mean", "rollout/accuracy", "train/kl", "train/clip_frac", "train/grad_norm",
+                "train/lr", "rollout/tokens_per_s", "train/learner_tokens_per_s", "weight_sync/seconds",
+                "rollout/dropped_stale", "train/logprob_diff", "rollout/response_len_max"):
+        assert all(key in r for r in records), key
+    assert records[0]["train/grad_norm"] > 0
+
+    final = load_file(str(run_dir / "final" / "model.safetensors"))
+    for worker_id in range(workers):
+        dump_path = run_dir / f"worker-{worker_id}-weights.safetensors"
+        live = load_file(str(dump_path))
+        from safetensors import safe_open
+
+        with safe_open(str(dump_path), "pt") as f:
+            assert f.metadata()["version"] == "2"
+        assert live, "the worker dumped no weights"
+        for name, tensor in live.items():
+            expected = fuse_like_vllm(final, name)
+            assert tensor.shape == expected.shape, name
+            assert torch.equal(tensor, expected), f"worker {worker_id}: {name} differs from the learner's"
+    for name in ("eval_before.json", "eval_after.json", "curves.png", "config.yaml"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run was written"
+
+
+def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
+    config = write_config(tmp_path, tiny_model_dir)
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "rl.cli", "train", str(config)], cwd=REPO, timeout=600, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    run_dir = run_dir_of(tmp_path)
+    check_run(run_dir, workers=1)
+    initial = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    final = load_file(str(run_dir / "final" / "model.safetensors"))
+    assert any(not torch.equal(initial[k], final[k]) for k in final), "training did not change the weights"
+    assert "held-out greedy accuracy" in result.stdout
+    assert "wandb sync" in result.stdout
+    assert_no_process_mentions(str(run_dir))
+    print(f"e2e run took {time.monotonic() - start:.1f} s")
+
+
+def test_a_worker_started_with_rl_rollout_joins_and_gets_the_weights(tmp_path, tiny_model_dir):
+    config = write_config(tmp_path, tiny_model_dir, num_workers=1, wait_for_workers=2)
+    train = subprocess.Popen([sys.executable, "-m", "rl.cli", "train", str(config)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "runs").glob("*/learner_address")):
+            assert train.poll() is None, train.stdout.read()[-5000:]
+            assert time.monotonic() < deadline, "the learner never wrote its address"
+            time.sleep(0.5)
+        run_dir = run_dir_of(tmp_path)
+        address = (run_dir / "learner_address").read_text().strip()
+        joiner = subprocess.Popen([sys.executable, "-m", "rl.cli", "rollout", "--connect", address, "--name", "joiner"], cwd=REPO)
+        output, _ = train.communicate(timeout=600)
+        assert train.returncode == 0, output[-5000:]
+        assert joiner.wait(timeout=60) == 0
+        check_run(run_dir, workers=2)
+    finally:
+        for proc in (train,):
+            if proc.poll() is None:
+                proc.kill()
