@@ -31,6 +31,7 @@ def child_env() -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM logs every weight load at INFO
     return env
 
 
@@ -73,7 +74,15 @@ def make_run_dir(config: Config) -> Path:
     return run_dir.resolve()
 
 
+def interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def train(config: Config) -> int:
+    # Installed explicitly: a launcher started in the background inherits SIGINT as ignored, and
+    # SIGTERM (from a scheduler or `kill`) deserves the same orderly stop as Ctrl-C.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     build_reward([c.model_dump() for c in config.rewards])  # unknown reward names fail here
     model_path = resolve_model(config.model)  # a missing model fails before any process starts
     run_dir = make_run_dir(config)

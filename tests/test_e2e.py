@@ -23,7 +23,7 @@ def write_config(tmp_path: Path, model_dir: Path, **extra) -> Path:
         "env: {distributions: [add_1d, add_2d], train_size: 20, test_size: 2}",
         "rollout: {num_workers: %d, prompts_per_step: 2, samples_per_prompt: 2, max_new_tokens: 8, max_model_len: 256,"
         " kv_cache_gib: 0.25, debug_dump_weights: true, bucket_mb: 1}" % extra.get("num_workers", 1),
-        "train: {steps: 2, lr: 1.0e-3, micro_batch_size: 2, threads: 1}",
+        "train: {steps: %d, lr: 1.0e-3, micro_batch_size: 2, threads: 1}" % extra.get("steps", 2),
         "logging: {wandb: offline, progress: false}",
         # a random model never earns the boxed reward; this user reward gives the groups variance
         f"rewards: [{{name: boxed_answer, weight: 1.0}}, {{name: '{REPO / 'tests' / 'rewards_for_tests.py'}:shorter_is_better', weight: 1.0}}]",
@@ -111,21 +111,63 @@ def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
 def test_a_worker_started_with_rl_rollout_joins_and_gets_the_weights(tmp_path, tiny_model_dir):
     config = write_config(tmp_path, tiny_model_dir, num_workers=1, wait_for_workers=2)
     train = subprocess.Popen([sys.executable, "-m", "rl.cli", "train", str(config)], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             stdout=(tmp_path / "train.log").open("w"), stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
         while not list((tmp_path / "runs").glob("*/learner_address")):
-            assert train.poll() is None, train.stdout.read()[-5000:]
+            assert train.poll() is None, (tmp_path / "train.log").read_text()[-5000:]
             assert time.monotonic() < deadline, "the learner never wrote its address"
             time.sleep(0.5)
         run_dir = run_dir_of(tmp_path)
         address = (run_dir / "learner_address").read_text().strip()
         joiner = subprocess.Popen([sys.executable, "-m", "rl.cli", "rollout", "--connect", address, "--name", "joiner"], cwd=REPO)
-        output, _ = train.communicate(timeout=600)
-        assert train.returncode == 0, output[-5000:]
+        train.wait(timeout=600)
+        assert train.returncode == 0, (tmp_path / "train.log").read_text()[-5000:]
         assert joiner.wait(timeout=60) == 0
         check_run(run_dir, workers=2)
     finally:
         for proc in (train,):
             if proc.poll() is None:
                 proc.kill()
+
+
+def start_train_and_wait_for_steps(tmp_path, tiny_model_dir, steps_done: int):
+    config = write_config(tmp_path, tiny_model_dir, steps=500)
+    train = subprocess.Popen([sys.executable, "-m", "rl.cli", "train", str(config)], cwd=REPO,
+                             stdout=(tmp_path / "train.log").open("w"), stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while True:
+        assert train.poll() is None, (tmp_path / "train.log").read_text()[-5000:]
+        assert time.monotonic() < deadline, "the run made no progress"
+        metrics = list((tmp_path / "runs").glob("*/metrics.jsonl"))
+        if metrics and len(metrics[0].read_text().splitlines()) >= steps_done:
+            return train, metrics[0].parent
+        time.sleep(0.5)
+
+
+def test_ctrl_c_stops_every_process(tmp_path, tiny_model_dir):
+    import signal
+
+    train, run_dir = start_train_and_wait_for_steps(tmp_path, tiny_model_dir, steps_done=1)
+    train.send_signal(signal.SIGINT)
+    train.wait(timeout=120)
+    output = (tmp_path / "train.log").read_text()
+    assert train.returncode == 130, output[-3000:]
+    assert "interrupted" in output
+    assert_no_process_mentions(str(run_dir))
+
+
+def test_a_dying_worker_stops_the_run_with_an_error(tmp_path, tiny_model_dir):
+    import signal
+
+    import psutil
+
+    train, run_dir = start_train_and_wait_for_steps(tmp_path, tiny_model_dir, steps_done=1)
+    address = (run_dir / "learner_address").read_text().strip()
+    (worker,) = [p for p in psutil.process_iter(["cmdline"]) if address in " ".join(p.info["cmdline"] or [])]
+    worker.send_signal(signal.SIGKILL)
+    train.wait(timeout=120)
+    output = (tmp_path / "train.log").read_text()
+    assert train.returncode != 0
+    assert "rollout worker" in output and "stopping the run" in output, output[-3000:]
+    assert_no_process_mentions(str(run_dir))
