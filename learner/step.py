@@ -22,11 +22,8 @@ def grpo_step(
     engine, micro_batches: list[MicroBatch], *, clip_eps: float, kl_coef: float, temperature: float, ref_model=None
 ) -> dict[str, float]:
     """Accumulate the batch's GRPO gradient over `micro_batches`, take one optimizer step, return metrics."""
-    if len(micro_batches) != engine.gradient_accumulation_steps():
-        raise ValueError(
-            f"{len(micro_batches)} micro-batches but the engine accumulates {engine.gradient_accumulation_steps()}; "
-            "build it with grad_accum_steps = ceil(samples per step / micro_batch_size)"
-        )
+    if not micro_batches:
+        raise ValueError("grpo_step needs at least one micro-batch")
     if kl_coef > 0 and ref_model is None:
         raise ValueError("kl_coef > 0 needs ref_model (learner.engine.build_reference_model)")
     num_tokens = sum(mb.num_loss_tokens for mb in micro_batches)  # completion tokens of the WHOLE batch
@@ -38,33 +35,23 @@ def grpo_step(
     seen_tokens, grad_norm = 0, None
     start = time.perf_counter()
     for i, mb in enumerate(micro_batches):
-        input_ids, attention_mask = mb.input_ids.to(engine.device), mb.attention_mask.to(engine.device)
-        loss_mask = mb.loss_mask.to(engine.device)  # (B, L-1)
-        learner_logprobs = token_logprobs(engine, input_ids, attention_mask, temperature)  # (B, L-1)
-        ref_logprobs = None
-        if kl_coef > 0:
-            with torch.no_grad():
-                ref_logprobs = token_logprobs(ref_model, input_ids, attention_mask, temperature)  # (B, L-1)
-        inputs = GRPOLossInputs(
-            learner_logprobs=learner_logprobs,
-            old_logprobs=learner_logprobs.detach(),
-            advantages=mb.advantages.to(engine.device),
-            loss_mask=loss_mask,
-            ref_logprobs=ref_logprobs,
+        is_last = i == len(micro_batches) - 1
+        # The boundary is set by hand, so any number of micro-batches (e.g. after stale samples
+        # were dropped) makes exactly one optimizer step, whatever grad_accum_steps the engine has.
+        engine.set_gradient_accumulation_boundary(is_last)
+        loss, metrics = micro_batch_loss(
+            engine, mb, clip_eps=clip_eps, kl_coef=kl_coef, temperature=temperature, ref_model=ref_model, num_tokens=num_tokens
         )
-        loss, metrics = grpo_loss(inputs, clip_eps=clip_eps, kl_coef=kl_coef, num_tokens=num_tokens)
         # `loss` is already this micro-batch's share of the batch token mean; DeepSpeed's default
         # division by gradient_accumulation_steps would turn the sum into a mean of micro-batch means.
         engine.backward(loss, scale_wrt_gas=False)
-        if i == len(micro_batches) - 1 and not engine.zero_optimization():
+        if is_last and not engine.zero_optimization():
             grad_norm = module_grad_norm(engine.module)  # DeepSpeed reports no norm without ZeRO; grads are zeroed in step()
         engine.step()
 
         for key, value in metrics.items():
             totals[key] += value
         totals["loss/total"] += loss.item()
-        logprob_gap = (mb.rollout_logprobs.to(engine.device) - learner_logprobs.detach()).abs() * loss_mask
-        totals["logprob_diff"] += logprob_gap.sum().item() / num_tokens
         seen_tokens += int(mb.attention_mask.sum().item())
     elapsed = time.perf_counter() - start
 
@@ -81,6 +68,28 @@ def grpo_step(
         "train/learner_tokens_per_s": seen_tokens / elapsed,  # prompt + completion tokens, forward + backward
         "train/logprob_diff": totals["logprob_diff"],
     }
+
+
+def micro_batch_loss(engine, mb: MicroBatch, *, clip_eps: float, kl_coef: float, temperature: float, ref_model, num_tokens: int):
+    """Forward one micro-batch; return its share of the batch loss and its metrics (incl. the vLLM-learner logprob gap)."""
+    input_ids, attention_mask = mb.input_ids.to(engine.device), mb.attention_mask.to(engine.device)
+    loss_mask = mb.loss_mask.to(engine.device)  # (B, L-1)
+    learner_logprobs = token_logprobs(engine, input_ids, attention_mask, temperature)  # (B, L-1)
+    ref_logprobs = None
+    if kl_coef > 0:
+        with torch.no_grad():
+            ref_logprobs = token_logprobs(ref_model, input_ids, attention_mask, temperature)  # (B, L-1)
+    inputs = GRPOLossInputs(
+        learner_logprobs=learner_logprobs,
+        old_logprobs=learner_logprobs.detach(),  # one update per batch: ratio 1
+        advantages=mb.advantages.to(engine.device),
+        loss_mask=loss_mask,
+        ref_logprobs=ref_logprobs,
+    )
+    loss, metrics = grpo_loss(inputs, clip_eps=clip_eps, kl_coef=kl_coef, num_tokens=num_tokens)
+    logprob_gap = (mb.rollout_logprobs.to(engine.device) - learner_logprobs.detach()).abs() * loss_mask  # (B, L-1)
+    metrics["logprob_diff"] = logprob_gap.sum().item() / num_tokens
+    return loss, metrics
 
 
 def module_grad_norm(module: torch.nn.Module) -> float:

