@@ -59,12 +59,28 @@ def draw_problems(name: str, count: int, seed: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def make_task(name: str, split: str, index: int, a: int, b: int, instruction: str, system_prompt: str | None) -> Task:
+def question_text(op: str, a: int, b: int, instruction: str) -> str:
+    return f"What is {a} {OPERATORS[op]} {b}? {instruction}".strip()
+
+
+def demonstrations(name: str, pairs: list[tuple[int, int]], instruction: str) -> list[ChatMessage]:
+    """Solved problems as prior chat turns, answered as `a + b = \\boxed{c}`."""
     op, _ = parse_distribution(name)
-    question = f"What is {a} {OPERATORS[op]} {b}?"
-    content = f"{question} {instruction}".strip()
+    turns = []
+    for a, b in pairs:
+        turns.append(ChatMessage(role="user", content=question_text(op, a, b, instruction)))
+        turns.append(ChatMessage(role="assistant", content=f"{a} {OPERATORS[op]} {b} = \\boxed{{{solve(op, a, b)}}}"))
+    return turns
+
+
+def make_task(
+    name: str, split: str, index: int, a: int, b: int, instruction: str, system_prompt: str | None,
+    shots: list[ChatMessage] = (),
+) -> Task:
+    op, _ = parse_distribution(name)
     messages = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
-    messages.append(ChatMessage(role="user", content=content))
+    messages.extend(shots)
+    messages.append(ChatMessage(role="user", content=question_text(op, a, b, instruction)))
     return Task(
         task_id=f"{name}/{split}/{index}",
         distribution=name,
@@ -75,14 +91,20 @@ def make_task(name: str, split: str, index: int, a: int, b: int, instruction: st
 
 
 def build_splits(
-    name: str, train_size: int, test_size: int, seed: int, instruction: str, system_prompt: str | None = None
+    name: str, train_size: int, test_size: int, seed: int, instruction: str, system_prompt: str | None = None,
+    few_shot: int = 0,
 ) -> tuple[list[Task], list[Task]]:
-    """Disjoint (train, test) task lists; test takes the first `test_size` problems of the draw."""
+    """Disjoint (train, test) task lists; test takes the first `test_size` problems of the draw.
+
+    With `few_shot` > 0, the first training problems are shown solved before every question (the
+    same turns for every task, so the engine's prefix cache shares them); they never come from
+    the test split.
+    """
     pairs = draw_problems(name, train_size + test_size, seed)
-    if len(pairs) <= test_size:
+    if len(pairs) <= test_size + few_shot:
         raise ValueError(f"distribution {name} has only {len(pairs)} distinct problems; lower env.test_size")
-    test = [make_task(name, "test", i, a, b, instruction, system_prompt) for i, (a, b) in enumerate(pairs[:test_size])]
-    train = [
-        make_task(name, "train", i, a, b, instruction, system_prompt) for i, (a, b) in enumerate(pairs[test_size:])
-    ]
+    test_pairs, train_pairs = pairs[:test_size], pairs[test_size:]
+    shots = demonstrations(name, train_pairs[:few_shot], instruction)
+    test = [make_task(name, "test", i, a, b, instruction, system_prompt, shots) for i, (a, b) in enumerate(test_pairs)]
+    train = [make_task(name, "train", i, a, b, instruction, system_prompt, shots) for i, (a, b) in enumerate(train_pairs)]
     return train, test

@@ -20,7 +20,7 @@ class TaskSource:
         self.test: dict[str, list[Task]] = {}
         for name in env.distributions:
             self.train[name], self.test[name] = build_splits(
-                name, env.train_size, env.test_size, seed, env.instruction, env.system_prompt
+                name, env.train_size, env.test_size, seed, env.instruction, env.system_prompt, env.few_shot
             )
         self.curriculum = curriculum
         self.rng = random.Random(seed)

@@ -37,6 +37,9 @@ class EnvConfig(Section):
     train_size: int = Field(2000, ge=1, description="Training tasks per distribution.")
     test_size: int = Field(32, ge=1, description="Held-out tasks per distribution (disjoint from training).")
     system_prompt: str | None = Field(None, description="System message, or null for none.")
+    few_shot: int = Field(
+        0, ge=0, le=8, description="Solved training problems shown as chat turns before each question."
+    )
     instruction: str = Field(
         "Put the final answer in \\boxed{}.",
         description="Appended to every question.",

@@ -90,7 +90,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present = [(key, label) for key, label in PLOTTED if any(key in r for r in history)]
+    present = [(key, label) for key, label in PLOTTED if any(r.get(key) for r in history)]  # all-zero curves say nothing
     fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], present):
         points = [(r["step"], r[key]) for r in history if key in r]

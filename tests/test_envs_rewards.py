@@ -71,3 +71,16 @@ def test_weighted_reward_sums_components_and_unknown_names_fail():
     assert total == 0.25
     with pytest.raises(RewardConfigError, match="did you mean 'boxed_format'"):
         build_reward([{"name": "boxed_fromat"}])
+
+
+def test_few_shot_turns_are_solved_training_problems_never_test_ones():
+    train, test = build_splits("add_2d", 50, 10, seed=0, instruction="Box it.", few_shot=2)
+    shots = test[0].messages[:-1]
+    assert [m.role for m in shots] == ["user", "assistant", "user", "assistant"]
+    assert all(t.messages[:-1] == shots for t in train + test), "every task carries the same demonstrations"
+    test_questions = {t.messages[-1].content for t in test}
+    assert not {m.content for m in shots if m.role == "user"} & test_questions
+    for question, answer in zip(shots[0::2], shots[1::2]):
+        a, _, b = question.content.removeprefix("What is ").split("?")[0].partition(" + ")
+        assert answer.content == f"{a} + {b} = \\boxed{{{int(a) + int(b)}}}"
+        assert boxed_answer(answer.content, task(str(int(a) + int(b)))) == 1.0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -28,35 +27,9 @@ PROMPTS = [[1, 504, 3101, 28, 5], [1, 9906, 44, 17, 203, 800, 12], LONG_PROMPT]
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-def _supported_head_sizes() -> list[int] | None:
-    if torch.cuda.is_available():
-        return None
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-    return CPUAttentionBackend.get_supported_head_sizes()
-
-
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The shared tiny model, or (if vLLM's CPU attention cannot run its head size) the same
-    architecture with a supported head size, random weights and the same tokenizer."""
-    tiny_model_dir = Path(tiny_model_dir)
-    config = json.loads((tiny_model_dir / "config.json").read_text())
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    supported = _supported_head_sizes()
-    if supported is None or head_dim in supported:
-        return tiny_model_dir
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    target = tmp_path_factory.mktemp("tiny-llama-vllm")
-    cfg = LlamaConfig.from_pretrained(tiny_model_dir)
-    cfg.head_dim = min(h for h in supported if h >= head_dim)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(target, safe_serialization=True)
-    for f in tiny_model_dir.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")) or f.name == "generation_config.json":
-            shutil.copy(f, target / f.name)
-    return target
+def model_dir(tiny_model_dir) -> Path:
+    return Path(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
