@@ -88,12 +88,14 @@ def real_sync(model_path: Path, bucket_mb: int, repeats: int) -> tuple[list[floa
     worker = subprocess.Popen([sys.executable, "-m", "rollout.main", "--connect", endpoint.address], cwd=Path(__file__).parents[1])
     try:
         coordinator.wait_for_workers(1, timeout_s=600)
-        times = []
+        times, loads = [], []
         for version in range(1, repeats + 2):
             start = time.perf_counter()
             coordinator.publish(version, iter_publish_tensors(engine, torch.float32, bucket_bytes))
             coordinator.wait_for_acks(version, timeout_s=600)
             times.append(time.perf_counter() - start)
+            loads.append(coordinator.last_sync.load_seconds.get(0, float("nan")))
+        print(f"worker time inside vLLM (copy + kernel repack): median {statistics.median(loads[1:]):.3f} s")
         coordinator.shutdown("benchmark done")
         worker.wait(timeout=120)
     finally:

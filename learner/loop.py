@@ -110,6 +110,7 @@ def run(run_dir: Path, model_path: str) -> None:
                 "policy_version": version,
                 "weight_sync/seconds": max(sync.acked.values(), default=sync.send_seconds),
                 "weight_sync/send_seconds": sync.send_seconds,
+                "weight_sync/worker_load_seconds": max(sync.load_seconds.values(), default=0.0),
                 "rollout/dropped_stale": dropped,
                 "time/step_seconds": time.perf_counter() - step_start,
             }

@@ -70,6 +70,7 @@ class SyncStats:
     send_seconds: float
     started: float
     acked: dict[int, float] = field(default_factory=dict)  # worker id -> seconds until its ack
+    load_seconds: dict[int, float] = field(default_factory=dict)  # worker id -> time inside its engine
 
 
 class Coordinator:
@@ -135,6 +136,7 @@ class Coordinator:
             self.workers[identity].version = ack.version
         if self.last_sync is not None and ack.version == self.last_sync.version:
             self.last_sync.acked[ack.worker_id] = time.perf_counter() - self.last_sync.started
+            self.last_sync.load_seconds[ack.worker_id] = ack.load_seconds
 
     # ------------------------------------------------------------ weights
 

@@ -59,21 +59,12 @@ class LearnerEndpoint:
         self.trackers.clear()
 
     def receive(self, timeout_ms: int) -> tuple[bytes, Message, list[memoryview]] | None:
-        """Next valid message, or None on timeout. Malformed messages are counted and skipped."""
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            remaining = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self.socket.poll(remaining):
-                return None
-            parts = self.socket.recv_multipart(copy=False)
-            identity = parts[0].bytes
-            try:
-                message, payload = decode([p.buffer for p in parts[1:]])
-            except WireError as err:
-                self.rejected[str(err).split(":")[0]] += 1
-                log.warning("dropped a malformed message from peer %r: %s", identity[:16], err)
-                continue
-            return identity, message, payload
+        """Next valid message with its sender, or None on timeout."""
+        received = receive_valid(self.socket, timeout_ms, self.rejected, has_identity=True)
+        if received is None:
+            return None
+        identity, message, payload = received
+        return identity, message, payload
 
     def close(self) -> None:
         self.socket.close()
@@ -96,17 +87,34 @@ class WorkerEndpoint:
         self.socket.send_multipart(encode(message, frames), copy=False)
 
     def receive(self, timeout_ms: int) -> tuple[Message, list[memoryview]] | None:
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            remaining = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self.socket.poll(remaining):
-                return None
-            parts = self.socket.recv_multipart(copy=False)
-            try:
-                return decode([p.buffer for p in parts])
-            except WireError as err:
-                self.rejected[str(err).split(":")[0]] += 1
-                log.warning("dropped a malformed message from the learner: %s", err)
+        """Next valid message from the learner, or None on timeout."""
+        received = receive_valid(self.socket, timeout_ms, self.rejected, has_identity=False)
+        if received is None:
+            return None
+        _, message, payload = received
+        return message, payload
 
     def close(self) -> None:
         self.socket.close()
+
+
+def receive_valid(sock: zmq.Socket, timeout_ms: int, rejected: Counter, has_identity: bool):
+    """(identity or None, message, payload) of the next valid message, or None on timeout.
+
+    Malformed messages are counted in `rejected` by reason and skipped: a bad peer costs a log
+    line, never a crash.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        remaining = max(0, int((deadline - time.monotonic()) * 1000))
+        if not sock.poll(remaining):
+            return None
+        parts = sock.recv_multipart(copy=False)
+        identity = parts[0].bytes if has_identity else None
+        try:
+            message, payload = decode([p.buffer for p in parts[1 if has_identity else 0 :]])
+        except WireError as err:
+            rejected[str(err).split(":")[0]] += 1
+            log.warning("dropped a malformed message from %r: %s", identity[:16] if identity else "the learner", err)
+            continue
+        return identity, message, payload

@@ -165,8 +165,8 @@ def test_load_weights_changes_live_model_in_place(engine, hf_weights, tied):
         snapshot = engine.parameters_snapshot()
         assert_snapshot(snapshot, to_vllm_names(new, tied))
         after = greedy(engine)
+        # a random tiny model may keep its greedy tokens; their logprobs must move
         assert [c.logprobs for c in after] != [c.logprobs for c in before]
-        assert any(x.token_ids != y.token_ids for x, y in zip(after, before))
     finally:
         engine.load_weights(list(hf_weights.items()))
 

@@ -75,3 +75,26 @@ def test_drop_stale_drops_whole_groups_beyond_the_bound():
 def test_split_evenly_covers_all_items_in_order():
     assert list(split_evenly(list(range(7)), 3)) == [[0, 1, 2], [3, 4], [5, 6]]
     assert list(split_evenly([1], 2)) == [[1], []]
+
+
+def test_live_endpoints_skip_garbage_and_keep_working():
+    from rl.transport import LearnerEndpoint, WorkerEndpoint
+    from rl.wire import Hello, Shutdown
+
+    learner = LearnerEndpoint()
+    worker = WorkerEndpoint(learner.address)
+    try:
+        worker.socket.send_multipart([b"\xc1 not msgpack"])
+        worker.socket.send_multipart([msgpack.packb({"kind": "hello", "schema": 1, "pid": "nan"})])
+        worker.send(Hello(worker_name="w", pid=1, host="h"))
+        identity, message, _ = learner.receive(timeout_ms=5000)
+        assert isinstance(message, Hello) and sum(learner.rejected.values()) == 2
+        learner.socket.send_multipart([identity, b"garbage"])
+        learner.send(identity, Shutdown(reason="done"))
+        message, _ = worker.receive(timeout_ms=5000)
+        assert isinstance(message, Shutdown) and message.reason == "done"
+        assert sum(worker.rejected.values()) == 1
+        assert learner.receive(timeout_ms=50) is None
+    finally:
+        worker.close()
+        learner.close()
