@@ -92,6 +92,12 @@ def micro_batch_loss(engine, mb: MicroBatch, *, clip_eps: float, kl_coef: float,
     return loss, metrics
 
 
+def first_loss_column(loss_mask: torch.Tensor) -> int:
+    """The first column any row of the micro-batch trains on; logits before it are never needed."""
+    columns = loss_mask.any(dim=0).nonzero()
+    return int(columns[0]) if len(columns) else 0
+
+
 def module_grad_norm(module: torch.nn.Module) -> float:
     grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()

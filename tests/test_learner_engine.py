@@ -68,6 +68,18 @@ def test_token_logprobs_match_log_softmax_and_ignore_padding(tiny_model_dir):
     assert out.shape == (2, 4)
     torch.testing.assert_close(out, full.gather(-1, ids[:, 1:, None]).squeeze(-1), atol=1e-5, rtol=0)
     torch.testing.assert_close(out[1:, :2], alone, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        tail = token_logprobs(model, ids, mask, temperature=0.7, first_position=2)  # LM head on positions 2.. only
+    assert tail.shape == (2, 4) and (tail[:, :2] == 0).all()
+    torch.testing.assert_close(tail[:, 2:], out[:, 2:], atol=1e-5, rtol=0)
+
+
+def test_first_loss_column_is_the_earliest_trained_column():
+    from learner.step import first_loss_column
+
+    loss_mask = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 1, 1, 0]], dtype=torch.float32)
+    assert first_loss_column(loss_mask) == 2
+    assert first_loss_column(torch.zeros(2, 5)) == 0
 
 
 def test_step_changes_weights_and_export_and_save_round_trip(tiny_model_dir, tmp_path):
