@@ -182,11 +182,16 @@ def rollout_metrics(trajectories: list[Trajectory], seconds: float, config: Conf
         "rollout/seconds": seconds,
     }
     components: dict[str, list[float]] = defaultdict(list)
+    failures: dict[str, int] = defaultdict(int)
     for t in trajectories:
         for name, value in t.meta.reward_components.items():
             components[name].append(value)
+            components[f"{t.meta.distribution}/{name}"].append(value)
+            failures[name] += name in t.meta.reward_failed
     for name, values in components.items():
         metrics[f"reward/{name}"] = sum(values) / len(values)
+    for name, count in failures.items():
+        metrics[f"reward_errors/{name}"] = count
     return metrics
 
 

@@ -1,7 +1,18 @@
 """Named reward functions and their composition into a run's total reward.
 
-A reward function takes `(completion: str, task: rl.wire.Task)` and returns a float. The run's
-reward is the weighted sum of the configured components; every component is also reported.
+A reward function takes the completion text and the task and returns a float:
+
+    def my_reward(completion: str, task: rl.wire.Task, *, my_param: float = 1.0) -> float
+
+Keyword parameters come from the config entry (`{name: my_reward, weight: 0.5, my_param: 2}`).
+A function may also accept `num_tokens` (completion length in tokens) and `finish_reason`
+("stop" or "length"); they are passed when its signature names them. The batch form
+(`@reward(batch=True)`) takes lists — `(completions: list[str], tasks: list[Task], ...)` — and
+returns one float per completion; it is called once per group of samples of the same prompt.
+
+A config names a reward by its registered name (built-ins, or `@reward`-decorated functions in an
+imported module), by import path (`my_pkg.my_module:my_reward`) or by file (`path/to/file.py:
+my_reward`). Every name, parameter and signature is checked at start-up, before any model loads.
 """
 
 from __future__ import annotations
@@ -10,82 +21,185 @@ import difflib
 import importlib
 import importlib.util
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from rewards.boxed import boxed_answer, boxed_format
 from rl.wire import Task
 
-RewardFn = Callable[[str, Task], float]
+RewardFn = Callable[..., Any]
+CONTEXT_KEYS = ("num_tokens", "finish_reason")
+RESERVED_KEYS = ("name", "weight", "on_error", "alias")
 
-REGISTRY: dict[str, RewardFn] = {
-    "boxed_answer": boxed_answer,
-    "boxed_format": boxed_format,
+# Built-in rewards, imported on first use so that a config check stays cheap.
+BUILTINS: dict[str, str] = {
+    "boxed_answer": "rewards.boxed:boxed_answer",
+    "boxed_format": "rewards.boxed:boxed_format",
+    "math_answer": "rewards.math_answer:math_answer",
+    "format": "rewards.format:think_answer_format",
+    "overlong": "rewards.length:overlong_penalty",
+    "cosine_length": "rewards.length:cosine_length",
+    "length_penalty": "rewards.length:length_penalty",
+    "knights_knaves": "rewards.knights_knaves:knights_knaves",
+    "countdown": "rewards.countdown:countdown",
 }
+REGISTRY: dict[str, RewardFn] = {}
+
+# Components whose value says whether the answer is right; the first configured one defines accuracy.
+CORRECTNESS_REWARDS = ("boxed_answer", "math_answer", "knights_knaves", "countdown")
 
 
 class RewardConfigError(ValueError):
-    pass
+    """A reward entry that cannot be used; the message names it and says what to do."""
+
+
+def reward(name: str | None = None, *, batch: bool = False) -> Callable[[RewardFn], RewardFn]:
+    """Register a function as a named reward: `@reward("brevity")` or `@reward(batch=True)`."""
+
+    def register(fn: RewardFn) -> RewardFn:
+        fn.reward_batch = batch
+        REGISTRY[name or fn.__name__] = fn
+        return fn
+
+    return register
 
 
 def lookup(name: str) -> RewardFn:
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name in BUILTINS:
+        return import_target(BUILTINS[name], name)
     if ":" in name:
-        return load_user_reward(name)
-    if name not in REGISTRY:
-        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"built-in rewards: {', '.join(sorted(REGISTRY))}"
-        raise RewardConfigError(f"reward {name!r} does not exist: {hint}")
-    return REGISTRY[name]
+        return import_target(name, name)
+    known = sorted(set(BUILTINS) | set(REGISTRY))
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"built-in rewards: {', '.join(known)}"
+    raise RewardConfigError(f"reward {name!r} does not exist: {hint} (or name your own as module:function or file.py:function)")
 
 
-def load_user_reward(spec: str) -> RewardFn:
-    """`pkg.module:function` or `path/to/file.py:function` -> the function, checked for its signature."""
+def import_target(spec: str, shown: str) -> RewardFn:
+    """`pkg.module:function` or `path/to/file.py:function` -> the function."""
     target, _, attr = spec.rpartition(":")
     if target.endswith(".py"):
         path = Path(target).expanduser()
         if not path.is_file():
-            raise RewardConfigError(f"reward {spec!r}: file {path} does not exist")
+            raise RewardConfigError(f"reward {shown!r}: file {path} does not exist")
         module_spec = importlib.util.spec_from_file_location(f"user_reward_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         try:
             module_spec.loader.exec_module(module)
         except Exception as err:
-            raise RewardConfigError(f"reward {spec!r}: importing {path} failed: {type(err).__name__}: {err}") from err
+            raise RewardConfigError(f"reward {shown!r}: importing {path} failed: {type(err).__name__}: {err}") from err
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as err:
-            raise RewardConfigError(f"reward {spec!r}: cannot import module {target!r} ({err})") from err
+            raise RewardConfigError(f"reward {shown!r}: cannot import module {target!r} ({err})") from err
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise RewardConfigError(f"reward {spec!r}: {target} has no function {attr!r}")
-    try:
-        inspect.signature(fn).bind("completion", None)
-    except TypeError as err:
-        raise RewardConfigError(
-            f"reward {spec!r}: must accept (completion: str, task) and return a float; its signature is {inspect.signature(fn)}"
-        ) from err
+        raise RewardConfigError(f"reward {shown!r}: {target} has no function {attr!r}")
     return fn
 
 
 @dataclass
-class WeightedReward:
-    components: list[tuple[str, float, RewardFn]]
+class Component:
+    name: str  # the metric key: reward/<name>
+    weight: float
+    on_error: float
+    fn: RewardFn
+    params: dict[str, Any] = field(default_factory=dict)
+    batch: bool = False
+    context_keys: tuple[str, ...] = ()
 
-    def __call__(self, completion: str, task: Task) -> tuple[float, dict[str, float]]:
-        values = {name: float(fn(completion, task)) for name, _, fn in self.components}
-        total = sum(weight * values[name] for name, weight, _ in self.components)
+    def score(self, completions: list[str], tasks: list, contexts: list[dict[str, Any]]) -> list[float | dict[str, float]]:
+        tasks = [t if isinstance(t, Task) else Task.model_validate(t) for t in tasks]
+        if self.batch:
+            extra = {k: [c.get(k) for c in contexts] for k in self.context_keys}
+            values = list(self.fn(completions, tasks, **self.params, **extra))
+        else:
+            values = [
+                self.fn(c, t, **self.params, **{k: ctx.get(k) for k in self.context_keys})
+                for c, t, ctx in zip(completions, tasks, contexts)
+            ]
+        return [as_value(v, self.name) for v in values]
+
+
+def as_value(value: Any, name: str) -> float | dict[str, float]:
+    """A reward's return value: a float, or a dict of named floats (summed into the component)."""
+    if isinstance(value, dict):
+        return {str(k): float(v) for k, v in value.items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool) or hasattr(value, "__float__"):
+        return float(value)
+    raise TypeError(f"reward {name!r} returned {type(value).__name__}; return a float or a dict of named floats")
+
+
+def expand(name: str, value: float | dict[str, float]) -> dict[str, float]:
+    """{name: value} for a float; for a dict, its entries as name.key plus their sum as name."""
+    if isinstance(value, dict):
+        return {name: sum(value.values()), **{f"{name}.{k}": v for k, v in value.items()}}
+    return {name: value}
+
+
+def resolve_components(specs: list[dict[str, Any]]) -> list[Component]:
+    """Resolve and check every configured component; raises RewardConfigError on the first problem."""
+    components = []
+    for spec in specs:
+        spec = dict(spec)
+        name = spec.pop("name")
+        weight = float(spec.pop("weight", 1.0))
+        on_error = float(spec.pop("on_error", 0.0))
+        alias = spec.pop("alias", None)
+        fn = lookup(name)
+        batch = bool(getattr(fn, "reward_batch", False))
+        context_keys = check_signature(name, fn, spec, batch)
+        shown = alias or (name.rpartition(":")[2] if ":" in name else name)
+        components.append(Component(shown, weight, on_error, fn, spec, batch, context_keys))
+    names = [c.name for c in components]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise RewardConfigError(f"rewards {sorted(duplicates)} are listed twice; give one of them `alias: other_name`")
+    return components
+
+
+def check_signature(name: str, fn: RewardFn, params: dict[str, Any], batch: bool) -> tuple[str, ...]:
+    signature = inspect.signature(fn)
+    accepted = signature.parameters
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    for key in params:
+        if key not in accepted and not takes_kwargs:
+            options = [k for k, p in accepted.items() if p.kind is inspect.Parameter.KEYWORD_ONLY or p.default is not p.empty]
+            options = [k for k in options if k not in CONTEXT_KEYS]
+            close = difflib.get_close_matches(key, options + list(RESERVED_KEYS[1:]), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"its parameters: {', '.join(options) or 'none'}"
+            raise RewardConfigError(f"reward {name!r} has no parameter {key!r}: {hint}")
+    context_keys = tuple(k for k in CONTEXT_KEYS if k in accepted or takes_kwargs)
+    probe = ([""], [None]) if batch else ("", None)
+    try:
+        signature.bind(*probe, **params, **{k: None for k in context_keys})
+    except TypeError as err:
+        form = "(completions: list[str], tasks: list[Task], ...)" if batch else "(completion: str, task: Task, ...)"
+        raise RewardConfigError(
+            f"reward {name!r} must be callable as {form} with its config parameters; its signature is {signature} ({err})"
+        ) from err
+    return context_keys
+
+
+@dataclass
+class WeightedReward:
+    """Inline scoring (no pool): for tests, benchmarks and trusted built-ins."""
+
+    components: list[Component]
+
+    def __call__(self, completion: str, task: Task, **context) -> tuple[float, dict[str, float]]:
+        values: dict[str, float] = {}
+        for c in self.components:
+            values.update(expand(c.name, c.score([completion], [task], [context])[0]))
+        total = sum(c.weight * values[c.name] for c in self.components)
         return total, values
 
 
-def build_reward(components: list[dict]) -> WeightedReward:
-    """Resolve every component up front so a bad name fails before any model is loaded."""
-    return WeightedReward([(c["name"], float(c.get("weight", 1.0)), lookup(c["name"])) for c in components])
-
-
-# Components whose value says whether the answer is right; the first configured one defines accuracy.
-CORRECTNESS_REWARDS = ("boxed_answer",)
+def build_reward(specs: list[dict[str, Any]]) -> WeightedReward:
+    return WeightedReward(resolve_components(specs))
 
 
 def correctness_component(components) -> str | None:

@@ -46,9 +46,14 @@ class EnvConfig(Section):
     )
 
 
-class RewardComponent(Section):
-    name: str = Field(description="Built-in reward name (see `rl rewards`).")
+class RewardComponent(BaseModel):
+    """A reward component; any other key is a parameter of its function (checked at start-up)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="Built-in name, module:function, or path/to/file.py:function.")
     weight: float = Field(1.0, description="Weight of this component in the total reward.")
+    on_error: float = Field(0.0, description="Score when the function raises or exceeds the timeout.")
+    alias: str | None = Field(None, description="Metric name (reward/<alias>) when the same function is listed twice.")
 
 
 class RolloutConfig(Section):
@@ -67,6 +72,8 @@ class RolloutConfig(Section):
     cpu_threads: str | None = Field(None, description="Cores vLLM binds to on CPU, e.g. '0-1'; default all.")
     max_staleness: int = Field(1, ge=0, description="Drop trajectories more than this many policy versions old.")
     bucket_mb: int = Field(64, ge=1, description="Weight-sync bucket size in MiB.")
+    reward_processes: int = Field(2, ge=1, description="Processes each worker scores rewards in.")
+    reward_timeout_s: float = Field(5.0, gt=0, description="Per-call reward timeout; past it the call scores on_error.")
     debug_dump_weights: bool = Field(
         False, description="After each sync, workers save their live weights to RUN/worker-K-weights.safetensors (tests)."
     )

@@ -120,6 +120,7 @@ class SampleMeta(BaseModel):
     completion_len: int = Field(ge=0)
     reward: float = Field(description="Weighted sum of the components.")
     reward_components: dict[str, float]
+    reward_failed: list[str] = Field(default_factory=list, description="Components that raised or timed out (scored on_error).")
     finish_reason: str
     policy_version: int
     worker_id: int

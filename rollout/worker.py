@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rewards.registry import build_reward
+from rewards.pool import RewardPool
 from rl.config import RolloutConfig
 from rl.transport import WorkerEndpoint
 from rl.wire import (
@@ -44,7 +44,7 @@ class RolloutWorker:
         welcome: Welcome = received[0]
         self.worker_id = welcome.worker_id
         self.config = RolloutConfig.model_validate(welcome.rollout)
-        self.reward = build_reward(welcome.rewards)
+        self.rewards = RewardPool(welcome.rewards, self.config.reward_processes, self.config.reward_timeout_s)
         self.run_dir = Path(welcome.run_dir)
         self.version = 0
         self.pending_buckets: list[tuple[Weights, list[memoryview]]] = []
@@ -84,6 +84,7 @@ class RolloutWorker:
             raise
         finally:
             self.engine.close()
+            self.rewards.close()
             self.endpoint.close()
 
     def load_bucket(self, message: Weights, payload: list[memoryview]) -> None:
@@ -134,28 +135,39 @@ class RolloutWorker:
         outputs = self.engine.generate(
             prompts, n=sp.n, temperature=sp.temperature, top_p=sp.top_p, max_tokens=sp.max_tokens, seed=sp.seed
         )
+        flat = [(t, s, completion) for t, completions in enumerate(outputs) for s, completion in enumerate(completions)]
+        groups: dict[int, list[int]] = {}
+        for index, (t, _, _) in enumerate(flat):
+            groups.setdefault(t, []).append(index)
+        task_dicts = [task.model_dump() for task in request.tasks]
+        scored = self.rewards.score(
+            [c.text for _, _, c in flat],
+            [task_dicts[t] for t, _, _ in flat],
+            [{"num_tokens": len(c.token_ids), "finish_reason": c.finish_reason} for _, _, c in flat],
+            groups=list(groups.values()),
+        )
         metas, prompt_ids, completion_ids, logprobs = [], [], [], []
-        for t, (task, prompt, completions) in enumerate(zip(request.tasks, prompts, outputs)):
-            for s, completion in enumerate(completions):
-                total, components = self.reward(completion.text, task)
-                metas.append(
-                    SampleMeta(
-                        sample_id=f"w{self.worker_id}-r{request.request_id}-t{t}-s{s}",
-                        task_id=task.task_id,
-                        distribution=task.distribution,
-                        prompt_len=len(prompt),
-                        completion_len=len(completion.token_ids),
-                        reward=total,
-                        reward_components=components,
-                        finish_reason=completion.finish_reason,
-                        policy_version=self.version,
-                        worker_id=self.worker_id,
-                        text=completion.text,
-                    )
+        for (t, s, completion), score in zip(flat, scored):
+            task, prompt = request.tasks[t], prompts[t]
+            metas.append(
+                SampleMeta(
+                    sample_id=f"w{self.worker_id}-r{request.request_id}-t{t}-s{s}",
+                    task_id=task.task_id,
+                    distribution=task.distribution,
+                    prompt_len=len(prompt),
+                    completion_len=len(completion.token_ids),
+                    reward=score.total,
+                    reward_components=score.components,
+                    reward_failed=score.failed,
+                    finish_reason=completion.finish_reason,
+                    policy_version=self.version,
+                    worker_id=self.worker_id,
+                    text=completion.text,
                 )
-                prompt_ids.extend(prompt)
-                completion_ids.extend(completion.token_ids)
-                logprobs.extend(completion.logprobs)
+            )
+            prompt_ids.extend(prompt)
+            completion_ids.extend(completion.token_ids)
+            logprobs.extend(completion.logprobs)
         frames = [
             np.asarray(prompt_ids, dtype=np.int32),
             np.asarray(completion_ids, dtype=np.int32),

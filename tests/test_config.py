@@ -25,7 +25,6 @@ def test_base_merge_and_dotted_overrides(configs):
         ("train.lrr=1", "unknown key `train.lrr`: did you mean `train.lr`?"),
         ("trian.steps=1", "unknown key `trian`: did you mean `train`?"),
         ("rollout.num_wrkers=1", "did you mean `rollout.num_workers`?"),
-        ("rewards=[{name: boxed_answer, wieght: 2}]", "did you mean `rewards.0.weight`?"),
     ],
 )
 def test_unknown_key_names_key_and_closest(configs, override, expected):

@@ -26,7 +26,8 @@ def write_config(tmp_path: Path, model_dir: Path, **extra) -> Path:
         "train: {steps: %d, lr: 1.0e-3, micro_batch_size: 2, threads: 1}" % extra.get("steps", 2),
         "logging: {wandb: offline, progress: false}",
         # a random model never earns the boxed reward; this user reward gives the groups variance
-        f"rewards: [{{name: boxed_answer, weight: 1.0}}, {{name: '{REPO / 'tests' / 'rewards_for_tests.py'}:shorter_is_better', weight: 1.0}}]",
+        f"rewards: [{{name: boxed_answer, weight: 1.0}}, {{name: '{REPO / 'tests' / 'rewards_for_tests.py'}:shorter_is_better', weight: 1.0}},"
+        f" {{name: '{REPO / 'tests' / 'rewards_misbehaving.py'}:raises', weight: 0.0, on_error: 0.0}}]",
     ]
     if "wait_for_workers" in extra:
         lines.append(f"transport: {{wait_for_workers: {extra['wait_for_workers']}}}")
@@ -73,6 +74,9 @@ def check_run(run_dir: Path, workers: int) -> None:
                 "rollout/dropped_stale", "train/logprob_diff", "rollout/response_len_max"):
         assert all(key in r for r in records), key
     assert records[0]["train/grad_norm"] > 0
+    assert all(r["reward_errors/raises"] == 4 for r in records), "a raising reward must be counted, not crash the run"
+    assert all(r["reward_errors/shorter_is_better"] == 0 for r in records)
+    assert all("reward/add_1d/shorter_is_better" in r or "reward/add_2d/shorter_is_better" in r for r in records)
 
     final = load_file(str(run_dir / "final" / "model.safetensors"))
     for worker_id in range(workers):

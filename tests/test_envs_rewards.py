@@ -84,3 +84,22 @@ def test_few_shot_turns_are_solved_training_problems_never_test_ones():
         a, _, b = question.content.removeprefix("What is ").split("?")[0].partition(" + ")
         assert answer.content == f"{a} + {b} = \\boxed{{{int(a) + int(b)}}}"
         assert boxed_answer(answer.content, task(str(int(a) + int(b)))) == 1.0
+
+
+def test_reward_parameters_are_checked_against_the_function(tmp_path):
+    with pytest.raises(RewardConfigError, match="has no parameter 'wieght': did you mean 'weight'"):
+        build_reward([{"name": "boxed_answer", "wieght": 2}])
+    (tmp_path / "mine.py").write_text(
+        "def scaled(completion, task, *, scale=1.0):\n    return scale * len(completion)\n"
+        "def no_task(completion):\n    return 0.0\n"
+    )
+    reward = build_reward([{"name": f"{tmp_path}/mine.py:scaled", "scale": 2.0}])
+    assert reward("abc", task("1")) == (6.0, {"scaled": 6.0})
+    with pytest.raises(RewardConfigError, match="has no parameter 'scal': did you mean 'scale'"):
+        build_reward([{"name": f"{tmp_path}/mine.py:scaled", "scal": 2.0}])
+    with pytest.raises(RewardConfigError, match="must be callable as"):
+        build_reward([{"name": f"{tmp_path}/mine.py:no_task"}])
+    with pytest.raises(RewardConfigError, match="has no function 'missing'"):
+        build_reward([{"name": f"{tmp_path}/mine.py:missing"}])
+    with pytest.raises(RewardConfigError, match="listed twice"):
+        build_reward([{"name": "boxed_answer"}, {"name": "boxed_answer"}])
