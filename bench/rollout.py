@@ -14,7 +14,6 @@ Run by hand: `python bench/rollout.py`. The last line printed is one JSON object
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -124,7 +123,6 @@ def bench_transformers(model_path: str, prompts: list[list[int]], threads: int =
         tokens, elapsed = run()
         rates.append(tokens / elapsed)
         print(f"transformers run {i}: {tokens} tokens in {elapsed:.2f} s = {rates[-1]:.1f} tok/s", flush=True)
-    del model
     return statistics.median(rates)
 
 
@@ -135,6 +133,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
+    from bench.report import print_result
     from rl.models import resolve_model
 
     model_path = str(resolve_model(args.model))
@@ -143,17 +142,7 @@ def main() -> None:
     reference = bench_transformers(model_path, prompts)
     value, extra = bench_vllm(model_path, prompts)
     print(f"vllm {value:.1f} tok/s, transformers {reference:.1f} tok/s, {extra}", flush=True)
-    print(
-        json.dumps(
-            {
-                "metric": "rollout_tokens_per_s",
-                "value": round(value, 1),
-                "reference": round(reference, 1),
-                "ratio": round(value / reference, 3),
-                "unit": "tokens/s",
-            }
-        )
-    )
+    print_result("rollout_tokens_per_s", value, reference, "tokens/s")
 
 
 if __name__ == "__main__":

@@ -218,6 +218,7 @@ def welcome(config: Config, model_path: str, run_dir: Path, worker_id: int) -> W
         model_path=model_path,
         rollout=config.rollout.model_dump(mode="json"),
         rewards=[c.model_dump(mode="json") for c in config.rewards],
+        reward_modules=config.reward_modules,
         seed=config.run.seed,
         run_dir=str(run_dir),
     )

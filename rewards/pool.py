@@ -35,11 +35,11 @@ class ScoredSample:
     failed: list[str] = field(default_factory=list)  # components that raised or timed out
 
 
-def _child_main(conn: Connection, specs: list[dict[str, Any]]) -> None:
+def _child_main(conn: Connection, specs: list[dict[str, Any]], modules: list[str]) -> None:
     """Child loop: resolve the reward specs once, then answer (index, component, args) calls."""
     from rewards.registry import resolve_components
 
-    components = {c.name: c for c in resolve_components(specs)}
+    components = {c.name: c for c in resolve_components(specs, modules)}
     conn.send(READY)
     while True:
         try:
@@ -57,9 +57,9 @@ def _child_main(conn: Connection, specs: list[dict[str, Any]]) -> None:
 
 
 class _Child:
-    def __init__(self, context: mp.context.BaseContext, specs: list[dict[str, Any]]):
+    def __init__(self, context: mp.context.BaseContext, specs: list[dict[str, Any]], modules: list[str]):
         self.conn, child_conn = context.Pipe()
-        self.process = context.Process(target=_child_main, args=(child_conn, specs), daemon=True)
+        self.process = context.Process(target=_child_main, args=(child_conn, specs, modules), daemon=True)
         self.process.start()
         child_conn.close()
         self.calls: list[tuple[tuple[int, ...], str]] = []  # sent, not yet answered, in order
@@ -76,15 +76,19 @@ class _Child:
 class RewardPool:
     """Score (completion, task) pairs with every configured component, in `num_processes` children."""
 
-    def __init__(self, specs: list[dict[str, Any]], num_processes: int = 2, timeout_s: float = 5.0, chunk: int = 16):
+    def __init__(
+        self, specs: list[dict[str, Any]], num_processes: int = 2, timeout_s: float = 5.0, chunk: int = 16,
+        modules: list[str] = (),
+    ):
         from rewards.registry import resolve_components
 
         self.specs = specs
-        self.components = resolve_components(specs)  # fails here, before any child starts
+        self.modules = list(modules)
+        self.components = resolve_components(specs, self.modules)  # fails here, before any child starts
         self.timeout_s = timeout_s
         self.chunk = chunk  # calls per message: one pipe round trip costs more than a typical verify
         self.context = mp.get_context("spawn")
-        self.children = [_Child(self.context, specs) for _ in range(max(1, num_processes))]
+        self.children = [_Child(self.context, specs, self.modules) for _ in range(max(1, num_processes))]
         self.errors: Counter[str] = Counter()
         self.logged: set[str] = set()
 
@@ -169,7 +173,7 @@ class RewardPool:
     def _replace(self, child: _Child) -> None:
         child.kill()
         position = self.children.index(child)
-        self.children[position] = _Child(self.context, self.specs)
+        self.children[position] = _Child(self.context, self.specs, self.modules)
 
     def _combine(self, index: int, values, failed: list[str]) -> ScoredSample:
         from rewards.registry import expand

@@ -81,15 +81,7 @@ def import_target(spec: str, shown: str) -> RewardFn:
     """`pkg.module:function` or `path/to/file.py:function` -> the function."""
     target, _, attr = spec.rpartition(":")
     if target.endswith(".py"):
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise RewardConfigError(f"reward {shown!r}: file {path} does not exist")
-        module_spec = importlib.util.spec_from_file_location(f"user_reward_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as err:
-            raise RewardConfigError(f"reward {shown!r}: importing {path} failed: {type(err).__name__}: {err}") from err
+        module = load_file(target, f"reward {shown!r}")
     else:
         try:
             module = importlib.import_module(target)
@@ -99,6 +91,20 @@ def import_target(spec: str, shown: str) -> RewardFn:
     if not callable(fn):
         raise RewardConfigError(f"reward {shown!r}: {target} has no function {attr!r}")
     return fn
+
+
+def load_file(file: str, label: str):
+    """Import a user's .py file as a module; an error in it is reported with `label`."""
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise RewardConfigError(f"{label}: file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"user_rewards_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # any error in user code becomes a config error that names the file
+        raise RewardConfigError(f"{label}: importing {path} failed: {type(err).__name__}: {err}") from err
+    return module
 
 
 @dataclass
@@ -140,8 +146,21 @@ def expand(name: str, value: float | dict[str, float]) -> dict[str, float]:
     return {name: value}
 
 
-def resolve_components(specs: list[dict[str, Any]]) -> list[Component]:
+def import_modules(modules: list[str]) -> None:
+    """Import modules or .py files whose `@reward` decorators register names the config uses."""
+    for module in modules:
+        if module.endswith(".py"):
+            load_file(module, f"reward module {module!r}")
+        else:
+            try:
+                importlib.import_module(module)
+            except ImportError as err:
+                raise RewardConfigError(f"reward module {module!r} cannot be imported ({err})") from err
+
+
+def resolve_components(specs: list[dict[str, Any]], modules: list[str] = ()) -> list[Component]:
     """Resolve and check every configured component; raises RewardConfigError on the first problem."""
+    import_modules(list(modules))
     components = []
     for spec in specs:
         spec = dict(spec)
@@ -198,8 +217,8 @@ class WeightedReward:
         return total, values
 
 
-def build_reward(specs: list[dict[str, Any]]) -> WeightedReward:
-    return WeightedReward(resolve_components(specs))
+def build_reward(specs: list[dict[str, Any]], modules: list[str] = ()) -> WeightedReward:
+    return WeightedReward(resolve_components(specs, modules))
 
 
 def correctness_component(components) -> str | None:

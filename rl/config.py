@@ -130,6 +130,9 @@ class Config(Section):
         ],
         min_length=1,
     )
+    reward_modules: list[str] = Field(
+        default_factory=list, description="Modules or .py files to import first; their @reward functions become names."
+    )
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

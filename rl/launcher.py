@@ -35,7 +35,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def spawn(args: list[str], log_path: Path | None = None) -> subprocess.Popen:
+def spawn(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         args, env=child_env(), start_new_session=True, preexec_fn=set_parent_death_signal,
     )
@@ -83,7 +83,7 @@ def train(config: Config) -> int:
     # SIGTERM (from a scheduler or `kill`) deserves the same orderly stop as Ctrl-C.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    build_reward([c.model_dump() for c in config.rewards])  # unknown reward names fail here
+    build_reward([c.model_dump() for c in config.rewards], config.reward_modules)  # bad rewards fail here
     model_path = resolve_model(config.model)  # a missing model fails before any process starts
     run_dir = make_run_dir(config)
     (run_dir / "config.yaml").write_text(to_yaml(config))

@@ -63,6 +63,7 @@ class Welcome(Message):
     model_path: str = Field(description="Local HF folder of the initial policy (version 0).")
     rollout: dict[str, Any] = Field(description="The run's RolloutConfig as a mapping.")
     rewards: list[dict[str, Any]] = Field(description="Reward components (name, weight, parameters).")
+    reward_modules: list[str] = Field(default_factory=list, description="Modules that register rewards by name.")
     seed: int
     run_dir: str
 

@@ -44,7 +44,9 @@ class RolloutWorker:
         welcome: Welcome = received[0]
         self.worker_id = welcome.worker_id
         self.config = RolloutConfig.model_validate(welcome.rollout)
-        self.rewards = RewardPool(welcome.rewards, self.config.reward_processes, self.config.reward_timeout_s)
+        self.rewards = RewardPool(
+            welcome.rewards, self.config.reward_processes, self.config.reward_timeout_s, modules=welcome.reward_modules
+        )
         self.run_dir = Path(welcome.run_dir)
         self.version = 0
         self.pending_buckets: list[tuple[Weights, list[memoryview]]] = []

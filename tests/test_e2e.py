@@ -1,7 +1,6 @@
 """The real loop on a tiny model: `rl train` -> learner (DeepSpeed) + vLLM workers over ZeroMQ."""
 
 import json
-import os
 import subprocess
 import sys
 import time

@@ -17,8 +17,8 @@ def task_dict(answer="3"):
 def pool_factory():
     pools = []
 
-    def make(specs, timeout_s=1.0, processes=2):
-        pool = RewardPool(specs, num_processes=processes, timeout_s=timeout_s)
+    def make(specs, timeout_s=1.0, processes=2, modules=()):
+        pool = RewardPool(specs, num_processes=processes, timeout_s=timeout_s, modules=modules)
         pools.append(pool)
         return pool
 
@@ -69,3 +69,15 @@ def test_dict_returning_rewards_sum_and_bad_return_types_fail(pool_factory):
     assert scored.components == {"parts": 5.0, "parts.letters": 3.0, "parts.digits": 2.0, "wrong_type": -1.0}
     assert scored.total == 2.0 * 5.0 - 1.0
     assert scored.failed == ["wrong_type"]
+
+
+def test_a_decorated_reward_is_usable_by_its_name_once_its_module_is_listed(pool_factory, monkeypatch):
+    from rewards.registry import REGISTRY, RewardConfigError, build_reward
+
+    monkeypatch.delitem(REGISTRY, "rank_in_group", raising=False)  # other tests imported the file already
+
+    with pytest.raises(RewardConfigError, match="'rank_in_group' does not exist"):
+        build_reward([{"name": "rank_in_group"}])
+    pool = pool_factory([{"name": "rank_in_group"}], modules=[MISBEHAVING])
+    scored = pool.score(["aaa", "a"], [task_dict()] * 2, [{}] * 2)
+    assert [s.components["rank_in_group"] for s in scored] == [0.0, 1.0]
