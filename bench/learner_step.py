@@ -14,6 +14,7 @@ completion, micro-batches of 8.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -28,7 +29,6 @@ from learner.engine import build_policy_engine, init_distributed  # noqa: E402
 from learner.losses import GRPOLossInputs, grpo_loss  # noqa: E402
 from learner.step import grpo_step  # noqa: E402
 from rl.models import resolve_model  # noqa: E402
-from bench.report import print_result  # noqa: E402
 
 
 def quickstart_like_samples(count: int = 32, seed: int = 0) -> list[TrainSample]:
@@ -90,7 +90,8 @@ def main() -> None:
     print(f"batch: 32 sequences, {tokens} tokens, {len(micro_batches)} micro-batches")
     print(f"grpo_step (DeepSpeed): median {value:.2f} s  runs {[round(t, 2) for t in ours]}  ({tokens / value:.0f} tokens/s)")
     print(f"plain PyTorch step:    median {reference:.2f} s  runs {[round(t, 2) for t in plain]}  ({tokens / reference:.0f} tokens/s)")
-    print_result("learner_step_seconds", value, reference, "s")
+    print(json.dumps({"metric": "learner_step_seconds", "value": round(value, 4), "reference": round(reference, 4),
+                      "ratio": round(value / reference, 3), "unit": "s"}))
 
 
 if __name__ == "__main__":

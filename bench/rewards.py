@@ -11,6 +11,7 @@ inter-process messages; the ratio says what that costs.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -21,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from rewards.pool import RewardPool  # noqa: E402
 from rewards.registry import build_reward  # noqa: E402
 from rl.wire import Task  # noqa: E402
-from bench.report import print_result  # noqa: E402
 
 FORMS = [
     ("{n}", "So the answer is \\boxed{{{n}}}."),
@@ -70,7 +70,8 @@ def main() -> None:
     assert [s.total for s in pooled] == inline_scores, "the pool and inline scoring disagree"
     print(f"{args.count} completions, {sum(inline_scores):.0f} correct; errors in the pool: {dict(pool.errors) or 'none'}")
     print(f"pool ({args.processes} processes): {pool_rate:.0f} completions/s   inline: {inline_rate:.0f} completions/s")
-    print_result("reward_completions_per_s", pool_rate, inline_rate, "completions/s")
+    print(json.dumps({"metric": "reward_completions_per_s", "value": round(pool_rate, 4), "reference": round(inline_rate, 4),
+                      "ratio": round(pool_rate / inline_rate, 3), "unit": "completions/s"}))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Run by hand: `python bench/rollout.py`. The last line printed is one JSON object
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -133,7 +134,6 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from bench.report import print_result
     from rl.models import resolve_model
 
     model_path = str(resolve_model(args.model))
@@ -142,7 +142,8 @@ def main() -> None:
     reference = bench_transformers(model_path, prompts)
     value, extra = bench_vllm(model_path, prompts)
     print(f"vllm {value:.1f} tok/s, transformers {reference:.1f} tok/s, {extra}", flush=True)
-    print_result("rollout_tokens_per_s", value, reference, "tokens/s")
+    print(json.dumps({"metric": "rollout_tokens_per_s", "value": round(value, 4), "reference": round(reference, 4),
+                      "ratio": round(value / reference, 3), "unit": "tokens/s"}))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ reference: the same frames (same count and sizes, same socket types) sent from p
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -29,7 +30,6 @@ from learner.engine import build_policy_engine, init_distributed, iter_publish_t
 from rl.config import RolloutConfig  # noqa: E402
 from rl.coordinator import Coordinator  # noqa: E402
 from rl.models import resolve_model  # noqa: E402
-from bench.report import print_result  # noqa: E402
 from rl.transport import LearnerEndpoint  # noqa: E402
 from rl.wire import Welcome  # noqa: E402
 
@@ -118,7 +118,8 @@ def main() -> None:
     print(f"weights: {total_mb:.1f} MiB in {len(sizes)} buckets of <= {args.bucket_mb} MiB")
     print(f"full sync (gather+cast+send+vLLM load+ack): median {sync:.3f} s  runs {[round(t, 3) for t in sync_times]}")
     print(f"raw ZeroMQ transfer of the same frames:     median {raw:.3f} s  runs {[round(t, 3) for t in raw_times]}")
-    print_result("weight_sync_seconds", sync, raw, "s")
+    print(json.dumps({"metric": "weight_sync_seconds", "value": round(sync, 4), "reference": round(raw, 4),
+                      "ratio": round(sync / raw, 3), "unit": "s"}))
 
 
 if __name__ == "__main__":
