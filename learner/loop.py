@@ -84,7 +84,7 @@ def run(run_dir: Path, model_path: str) -> None:
             step_start = time.perf_counter()
             tasks = source.next_tasks(config.rollout.prompts_per_step)
             rollout_start = time.perf_counter()
-            trajectories = coordinator.run_tasks(tasks, training_sampling(config, step), "train", min_version=version)
+            trajectories = coordinator.run_tasks(tasks, training_sampling(config), "train", min_version=version)
             rollout_seconds = time.perf_counter() - rollout_start
             trajectories, dropped = drop_stale(trajectories, version, config.rollout.max_staleness)
             samples = with_advantages(trajectories, config.train.adv_eps)
@@ -133,7 +133,7 @@ def run(run_dir: Path, model_path: str) -> None:
 # ------------------------------------------------------------------ pieces of a step
 
 
-def training_sampling(config: Config, step: int) -> SamplingParams:
+def training_sampling(config: Config) -> SamplingParams:
     r = config.rollout
     return SamplingParams(
         n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens, seed=None

@@ -176,12 +176,9 @@ class RewardPool:
         self.children[position] = _Child(self.context, self.specs, self.modules)
 
     def _combine(self, index: int, values, failed: list[str]) -> ScoredSample:
-        from rewards.registry import expand
+        from rewards.registry import combine
 
-        components: dict[str, float] = {}
-        for c in self.components:
-            components.update(expand(c.name, values[(index, c.name)]))
-        total = sum(c.weight * components[c.name] for c in self.components)
+        total, components = combine(self.components, {c.name: values[(index, c.name)] for c in self.components})
         return ScoredSample(total, components, failed)
 
     def close(self) -> None:

@@ -158,6 +158,14 @@ def import_modules(modules: list[str]) -> None:
                 raise RewardConfigError(f"reward module {module!r} cannot be imported ({err})") from err
 
 
+def combine(components: list["Component"], values: dict[str, float | dict[str, float]]) -> tuple[float, dict[str, float]]:
+    """The weighted total and every logged value (dict returns expanded) of one sample."""
+    logged: dict[str, float] = {}
+    for c in components:
+        logged.update(expand(c.name, values[c.name]))
+    return sum(c.weight * logged[c.name] for c in components), logged
+
+
 def resolve_components(specs: list[dict[str, Any]], modules: list[str] = ()) -> list[Component]:
     """Resolve and check every configured component; raises RewardConfigError on the first problem."""
     import_modules(list(modules))
@@ -210,11 +218,7 @@ class WeightedReward:
     components: list[Component]
 
     def __call__(self, completion: str, task: Task, **context) -> tuple[float, dict[str, float]]:
-        values: dict[str, float] = {}
-        for c in self.components:
-            values.update(expand(c.name, c.score([completion], [task], [context])[0]))
-        total = sum(c.weight * values[c.name] for c in self.components)
-        return total, values
+        return combine(self.components, {c.name: c.score([completion], [task], [context])[0] for c in self.components})
 
 
 def build_reward(specs: list[dict[str, Any]], modules: list[str] = ()) -> WeightedReward:
