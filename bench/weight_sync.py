@@ -82,7 +82,7 @@ def real_sync(model_path: Path, bucket_mb: int, repeats: int) -> tuple[list[floa
     run_dir = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     rollout = RolloutConfig(kv_cache_gib=0.5, max_model_len=512)
     welcome = lambda wid: Welcome(worker_id=wid, model_path=str(model_path), rollout=rollout.model_dump(mode="json"),
-                                  rewards=[{"name": "boxed_answer", "weight": 1.0}], seed=0, run_dir=str(run_dir))
+                                  reward_sets={"default": [{"name": "boxed_answer", "weight": 1.0}]}, seed=0, run_dir=str(run_dir))
     endpoint = LearnerEndpoint()
     coordinator = Coordinator(endpoint, welcome, lambda: (0, []))
     worker = subprocess.Popen([sys.executable, "-m", "rollout.main", "--connect", endpoint.address], cwd=Path(__file__).parents[1])

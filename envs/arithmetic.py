@@ -10,8 +10,13 @@ from __future__ import annotations
 import random
 import re
 
+from envs.prompts import PromptStyle
 from rl.wire import ChatMessage, Task
 
+DEFAULT_DISTRIBUTIONS = ["add_1d", "add_2d"]
+DEFAULT_INSTRUCTION = "Put the final answer in \\boxed{}."
+DEFAULT_SYSTEM_PROMPT = None
+DEFAULT_REWARDS = [{"name": "boxed_answer", "weight": 1.0}, {"name": "boxed_format", "weight": 0.1}]
 OPERATORS = {"add": "+", "sub": "-", "mul": "*"}
 NAME_PATTERN = re.compile(r"^(add|sub|mul)_([1-9])d$")
 
@@ -59,40 +64,40 @@ def draw_problems(name: str, count: int, seed: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def question_text(op: str, a: int, b: int, instruction: str) -> str:
-    return f"What is {a} {OPERATORS[op]} {b}? {instruction}".strip()
+def question_text(op: str, a: int, b: int) -> str:
+    return f"What is {a} {OPERATORS[op]} {b}?"
 
 
-def demonstrations(name: str, pairs: list[tuple[int, int]], instruction: str) -> list[ChatMessage]:
+def one_line(style: PromptStyle) -> PromptStyle:
+    """The instruction follows the question on the same line ("What is 3 + 4? Put ...")."""
+    return PromptStyle(style.system_prompt, style.instruction, separator=" ")
+
+
+def demonstrations(name: str, pairs: list[tuple[int, int]], style: PromptStyle) -> list[ChatMessage]:
     """Solved problems as prior chat turns, answered as `a + b = \\boxed{c}`."""
     op, _ = parse_distribution(name)
     turns = []
     for a, b in pairs:
-        turns.append(ChatMessage(role="user", content=question_text(op, a, b, instruction)))
+        turns.append(ChatMessage(role="user", content=one_line(style).user_text(question_text(op, a, b))))
         turns.append(ChatMessage(role="assistant", content=f"{a} {OPERATORS[op]} {b} = \\boxed{{{solve(op, a, b)}}}"))
     return turns
 
 
 def make_task(
-    name: str, split: str, index: int, a: int, b: int, instruction: str, system_prompt: str | None,
-    shots: list[ChatMessage] = (),
+    name: str, split: str, index: int, a: int, b: int, style: PromptStyle, shots: list[ChatMessage] = (),
 ) -> Task:
     op, _ = parse_distribution(name)
-    messages = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
-    messages.extend(shots)
-    messages.append(ChatMessage(role="user", content=question_text(op, a, b, instruction)))
     return Task(
         task_id=f"{name}/{split}/{index}",
         distribution=name,
-        messages=messages,
+        messages=one_line(style).messages(question_text(op, a, b), shots),
         answer=str(solve(op, a, b)),
         metadata={"a": a, "b": b, "op": op},
     )
 
 
 def build_splits(
-    name: str, train_size: int, test_size: int, seed: int, instruction: str, system_prompt: str | None = None,
-    few_shot: int = 0,
+    name: str, train_size: int, test_size: int, seed: int, style: PromptStyle, few_shot: int = 0,
 ) -> tuple[list[Task], list[Task]]:
     """Disjoint (train, test) task lists; test takes the first `test_size` problems of the draw.
 
@@ -104,7 +109,7 @@ def build_splits(
     if len(pairs) <= test_size + few_shot:
         raise ValueError(f"distribution {name} has only {len(pairs)} distinct problems; lower env.test_size")
     test_pairs, train_pairs = pairs[:test_size], pairs[test_size:]
-    shots = demonstrations(name, train_pairs[:few_shot], instruction)
-    test = [make_task(name, "test", i, a, b, instruction, system_prompt, shots) for i, (a, b) in enumerate(test_pairs)]
-    train = [make_task(name, "train", i, a, b, instruction, system_prompt, shots) for i, (a, b) in enumerate(train_pairs)]
+    shots = demonstrations(name, train_pairs[:few_shot], style)
+    test = [make_task(name, "test", i, a, b, style, shots) for i, (a, b) in enumerate(test_pairs)]
+    train = [make_task(name, "train", i, a, b, style, shots) for i, (a, b) in enumerate(train_pairs)]
     return train, test

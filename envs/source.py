@@ -1,4 +1,10 @@
-"""The task source: which training task comes next, and the held-out tasks for evaluation.
+"""The task source: every configured source's splits, which training task comes next, the held-out sets.
+
+A run's `env.sources` lists generators (arithmetic, knights_knaves, countdown) and files. Each
+distribution of each source is one arm of the curriculum. Each source also names the prompt style
+and the reward set its tasks use: its own setting, else the run-wide one (`env.system_prompt`,
+`env.instruction`, top-level `rewards`), else the generator's default (a K&K puzzle is scored by
+`knights_knaves` + `format`, a countdown task by `countdown` + `format`, and so on).
 
 Inside a distribution, tasks are drawn without replacement and reshuffled when exhausted, so an
 epoch covers the data. Which distribution comes next is the curriculum's decision.
@@ -6,24 +12,123 @@ epoch covers the data. Which distribution comes next is the curriculum's decisio
 
 from __future__ import annotations
 
+import importlib
+import logging
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
-from envs.arithmetic import build_splits
-from rl.config import EnvConfig
-from rl.curriculum import Curriculum
+from envs.prompts import PromptStyle
+from rl.config import Config, EnvConfig, RewardComponent
+from rl.curriculum import Curriculum, UniformCurriculum
 from rl.wire import Task
+
+log = logging.getLogger("envs")
+
+GENERATORS = {"arithmetic": "envs.arithmetic", "knights_knaves": "envs.knights_knaves", "countdown": "envs.countdown"}
+FILE_MODULE = "envs.files"
+
+
+class SourceError(ValueError):
+    """A source that cannot produce tasks; the message names it and says what to do."""
+
+
+@dataclass
+class ResolvedSource:
+    """One `env.sources` entry with every default filled in."""
+
+    index: int
+    config: Any  # one of the source models in rl.config
+    module: ModuleType
+    style: PromptStyle
+    reward_set: str
+    rewards: list[dict[str, Any]]
+
+    @property
+    def label(self) -> str:
+        return f"env.sources.{self.index} ({self.config.type})"
+
+
+def resolve_sources(env: EnvConfig, rewards: list[RewardComponent] | None) -> list[ResolvedSource]:
+    resolved = []
+    for index, source in enumerate(env.sources):
+        module = importlib.import_module(FILE_MODULE if source.type == "file" else GENERATORS[source.type])
+        system_prompt = first_set(source.system_prompt, env.system_prompt, getattr(module, "DEFAULT_SYSTEM_PROMPT", None))
+        instruction = first_set(source.instruction, env.instruction, getattr(module, "DEFAULT_INSTRUCTION", ""))
+        components = source.rewards if source.rewards is not None else rewards
+        specs = [c.model_dump(exclude_none=True) for c in components] if components is not None else list(module.DEFAULT_REWARDS)
+        resolved.append(
+            ResolvedSource(index, source, module, PromptStyle(system_prompt or None, instruction), f"{index}:{source.type}", specs)
+        )
+    return resolved
+
+
+def first_set(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def reward_sets(config: Config) -> dict[str, list[dict[str, Any]]]:
+    """Reward-set name -> component specs, one set per source; tasks carry their set's name."""
+    return {s.reward_set: s.rewards for s in resolve_sources(config.env, config.rewards)}
+
+
+def check_sources(config: Config) -> None:
+    """Cheap start-up checks before any process starts: distribution names parse, files exist and read."""
+    for source in resolve_sources(config.env, config.rewards):
+        try:
+            if source.config.type == "file":
+                source.module.check_source(source.config)
+            else:
+                for name in source.config.distributions:
+                    source.module.parse_distribution(name)
+        except ValueError as err:
+            raise SourceError(f"{source.label}: {err}") from err
+
+
+def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
+    """(train, test) task lists per distribution of one source, tagged with its reward set."""
+    config = source.config
+    train_size = config.train_size or env.train_size
+    test_size = config.test_size or env.test_size
+    train: dict[str, list[Task]] = {}
+    test: dict[str, list[Task]] = {}
+    try:
+        if config.type == "file":
+            train, test, warnings = source.module.build_splits(config, config.train_size, test_size, seed, source.style)
+            for warning in warnings:
+                log.warning("%s", warning)
+        else:
+            few_shot = getattr(config, "few_shot", 0)
+            for name in config.distributions:
+                train[name], test[name] = source.module.build_splits(name, train_size, test_size, seed, source.style, few_shot)
+    except ValueError as err:
+        raise SourceError(f"{source.label}: {err}") from err
+    for tasks in (*train.values(), *test.values()):
+        for task in tasks:
+            task.reward_set = source.reward_set
+    return train, test
 
 
 class TaskSource:
-    def __init__(self, env: EnvConfig, seed: int, curriculum: Curriculum):
+    def __init__(
+        self, config: Config, curriculum_factory: Callable[[list[str]], Curriculum] = UniformCurriculum,
+    ):
         self.train: dict[str, list[Task]] = {}
         self.test: dict[str, list[Task]] = {}
-        for name in env.distributions:
-            self.train[name], self.test[name] = build_splits(
-                name, env.train_size, env.test_size, seed, env.instruction, env.system_prompt, env.few_shot
-            )
-        self.curriculum = curriculum
-        self.rng = random.Random(seed)
+        self.sources = resolve_sources(config.env, config.rewards)
+        for source in self.sources:
+            train, test = build_source_splits(source, config.env, config.run.seed)
+            clash = (set(train) | set(test)) & (set(self.train) | set(self.test))
+            if clash:
+                raise SourceError(f"{source.label}: distribution names {sorted(clash)} are already used by another source; "
+                                  "rename them (file sources: `name:`)")
+            self.train.update(train)
+            self.test.update(test)
+        self.distributions = list(self.train)
+        self.curriculum = curriculum_factory(self.distributions)
+        self.rng = random.Random(config.run.seed)
         self.order: dict[str, list[int]] = {name: [] for name in self.train}
 
     def next_task(self) -> Task:

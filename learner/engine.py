@@ -24,7 +24,7 @@ if not torch.cuda.is_available():
     # DeepSpeed resolves its accelerator once, at import; say it rather than let it probe for one.
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-import deepspeed  # noqa: E402
+import deepspeed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -15,16 +15,27 @@ from pathlib import Path
 
 import torch
 
-from envs.source import TaskSource
+from envs.source import TaskSource, reward_sets
 from learner.advantages import group_advantages
 from learner.batch import TrainSample, build_micro_batches
-from learner.engine import build_policy_engine, build_reference_model, init_distributed, iter_publish_tensors, save_hf
+from learner.engine import (
+    build_policy_engine,
+    build_reference_model,
+    init_distributed,
+    iter_publish_tensors,
+    save_hf,
+)
 from learner.step import grpo_step
 from rewards.registry import accuracy_of
 from rl.config import Config, load_config
 from rl.coordinator import Coordinator, Trajectory, drop_stale
 from rl.curriculum import UniformCurriculum
-from rl.evaluation import evaluation_table, summarize_eval
+from rl.evaluation import (
+    comparison_table,
+    evaluation_table,
+    flat_metrics,
+    summarize_eval,
+)
 from rl.monitor import Monitor
 from rl.transport import LearnerEndpoint
 from rl.wire import SamplingParams, Welcome
@@ -40,7 +51,7 @@ def run(run_dir: Path, model_path: str) -> None:
     torch.manual_seed(config.run.seed)
 
     # ---- set-up: data, engine, bus
-    source = TaskSource(config.env, config.run.seed, UniformCurriculum(config.env.distributions))
+    source = TaskSource(config, UniformCurriculum)
     init_distributed()
     batch_size = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
     engine = build_policy_engine(
@@ -114,13 +125,19 @@ def run(run_dir: Path, model_path: str) -> None:
                 "rollout/dropped_stale": dropped,
                 "time/step_seconds": time.perf_counter() - step_start,
             }
+            if config.eval.every and step % config.eval.every == 0 and step < config.train.steps:
+                result = evaluate(coordinator, source, config, version, run_dir / "eval" / f"step-{step:06d}.json")
+                metrics.update(flat_metrics(result))
+                print(evaluation_table(result, f"held-out evaluation at step {step}"), flush=True)
             monitor.log(step, metrics)
             monitor.advance(metrics)
 
         after = evaluate(coordinator, source, config, version, run_dir / "eval_after.json") if config.eval.after else None
+        if after:
+            print(evaluation_table(after, "held-out evaluation after training"), flush=True)
+            monitor.summary(flat_metrics(after, "eval/after"))
         if before or after:
-            print(evaluation_table(before, after), flush=True)
-            monitor.summary({f"eval/after/{k}": v for k, v in (after or {}).get("accuracy", {}).items()})
+            print(comparison_table(before, after), flush=True)
         final_dir = run_dir / "final"
         save_hf(engine, model_path, str(final_dir))
         print(f"[rl] saved the trained policy to {final_dir}", flush=True)
@@ -174,7 +191,7 @@ def rollout_metrics(trajectories: list[Trajectory], seconds: float, config: Conf
     metrics = {
         "rollout/reward_mean": rewards.mean().item(),
         "rollout/reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
-        "rollout/accuracy": accuracy_of([t.meta for t in trajectories], config.rewards),
+        "rollout/accuracy": accuracy_of([t.meta for t in trajectories]),
         "rollout/response_len_mean": lengths.mean().item(),
         "rollout/response_len_max": lengths.max().item(),
         "rollout/truncated_frac": sum(t.meta.finish_reason == "length" for t in trajectories) / len(trajectories),
@@ -199,17 +216,23 @@ def rollout_metrics(trajectories: list[Trajectory], seconds: float, config: Conf
 
 
 def evaluate(coordinator: Coordinator, source: TaskSource, config: Config, version: int, path: Path) -> dict:
-    """Greedy accuracy on the held-out split, per distribution. Never feeds the curriculum."""
-    sampling = SamplingParams(
-        n=1, temperature=0.0, top_p=1.0, max_tokens=config.eval.max_new_tokens or config.rollout.max_new_tokens
-    )
+    """mean@k, pass@k, reward, length and truncation on the held-out split. Never feeds the curriculum."""
     start = time.perf_counter()
-    trajectories = coordinator.run_tasks(source.held_out(), sampling, "eval", min_version=version)
-    result = summarize_eval([t.meta for t in trajectories], config.rewards)
+    trajectories = coordinator.run_tasks(source.held_out(), eval_sampling(config), "eval", min_version=version)
+    result = summarize_eval([t.meta for t in trajectories], config.eval.samples)
     result["policy_version"] = version
     result["seconds"] = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return result
+
+
+def eval_sampling(config: Config) -> SamplingParams:
+    e = config.eval
+    return SamplingParams(
+        n=e.samples, temperature=e.temperature, top_p=e.top_p, max_tokens=e.max_new_tokens or config.rollout.max_new_tokens,
+        seed=config.run.seed if e.temperature > 0 else None,
+    )
 
 
 def welcome(config: Config, model_path: str, run_dir: Path, worker_id: int) -> Welcome:
@@ -217,7 +240,7 @@ def welcome(config: Config, model_path: str, run_dir: Path, worker_id: int) -> W
         worker_id=worker_id,
         model_path=model_path,
         rollout=config.rollout.model_dump(mode="json"),
-        rewards=[c.model_dump(mode="json") for c in config.rewards],
+        reward_sets=reward_sets(config),
         reward_modules=config.reward_modules,
         seed=config.run.seed,
         run_dir=str(run_dir),

@@ -28,18 +28,27 @@ READY = "ready"
 START_TIMEOUT_S = 120.0
 
 
+RewardSets = dict[str, list[dict[str, Any]]]  # reward-set name -> component specs
+
+
 @dataclass
 class ScoredSample:
     total: float
     components: dict[str, float]
     failed: list[str] = field(default_factory=list)  # components that raised or timed out
+    correct: bool | None = None  # by the set's accuracy component
 
 
-def _child_main(conn: Connection, specs: list[dict[str, Any]], modules: list[str]) -> None:
-    """Child loop: resolve the reward specs once, then answer (index, component, args) calls."""
+def as_reward_sets(specs: list[dict[str, Any]] | RewardSets) -> RewardSets:
+    """One unnamed set (a plain list of specs) scores every task; named sets are chosen by task.reward_set."""
+    return dict(specs) if isinstance(specs, dict) else {"default": list(specs)}
+
+
+def _child_main(conn: Connection, sets: RewardSets, modules: list[str]) -> None:
+    """Child loop: resolve the reward specs once, then answer (index, (set, component), args) calls."""
     from rewards.registry import resolve_components
 
-    components = {c.name: c for c in resolve_components(specs, modules)}
+    components = {(set_name, c.name): c for set_name, specs in sets.items() for c in resolve_components(specs, modules)}
     conn.send(READY)
     while True:
         try:
@@ -57,12 +66,12 @@ def _child_main(conn: Connection, specs: list[dict[str, Any]], modules: list[str
 
 
 class _Child:
-    def __init__(self, context: mp.context.BaseContext, specs: list[dict[str, Any]], modules: list[str]):
+    def __init__(self, context: mp.context.BaseContext, specs: RewardSets, modules: list[str]):
         self.conn, child_conn = context.Pipe()
         self.process = context.Process(target=_child_main, args=(child_conn, specs, modules), daemon=True)
         self.process.start()
         child_conn.close()
-        self.calls: list[tuple[tuple[int, ...], str]] = []  # sent, not yet answered, in order
+        self.calls: list[tuple[tuple[int, ...], tuple[str, str]]] = []  # sent, not yet answered, in order
         self.deadline = 0.0
         self.ready = False
         self.started = time.monotonic()
@@ -74,23 +83,24 @@ class _Child:
 
 
 class RewardPool:
-    """Score (completion, task) pairs with every configured component, in `num_processes` children."""
+    """Score (completion, task) pairs with every component of the task's reward set, in `num_processes` children."""
 
     def __init__(
-        self, specs: list[dict[str, Any]], num_processes: int = 2, timeout_s: float = 5.0, chunk: int = 16,
+        self, specs: list[dict[str, Any]] | RewardSets, num_processes: int = 2, timeout_s: float = 5.0, chunk: int = 16,
         modules: list[str] = (),
     ):
         from rewards.registry import resolve_components
 
-        self.specs = specs
+        self.specs = as_reward_sets(specs)
         self.modules = list(modules)
-        self.components = resolve_components(specs, self.modules)  # fails here, before any child starts
+        # resolved here first, so a bad spec fails before any child starts
+        self.components = {name: resolve_components(set_specs, self.modules) for name, set_specs in self.specs.items()}
         self.timeout_s = timeout_s
         self.chunk = chunk  # calls per message: one pipe round trip costs more than a typical verify
         self.context = mp.get_context("spawn")
-        self.children = [_Child(self.context, specs, self.modules) for _ in range(max(1, num_processes))]
+        self.children = [_Child(self.context, self.specs, self.modules) for _ in range(max(1, num_processes))]
         self.errors: Counter[str] = Counter()
-        self.logged: set[str] = set()
+        self.logged: set[tuple[str, str]] = set()
 
     def score(
         self,
@@ -99,14 +109,20 @@ class RewardPool:
         contexts: list[dict[str, Any]],
         groups: list[list[int]] | None = None,
     ) -> list[ScoredSample]:
-        """Every component on every sample; batch components once per group (default: one group)."""
+        """Every component of each sample's set; batch components once per group (default: one group).
+
+        A group is the samples of one prompt, so all its samples share a reward set.
+        """
         groups = groups or [list(range(len(completions)))]
-        calls: list[tuple[tuple[int, ...], str]] = []
-        for component in self.components:
-            if component.batch:
-                calls.extend((tuple(g), component.name) for g in groups)
-            else:
-                calls.extend(((i,), component.name) for i in range(len(completions)))
+        set_of = [self.set_for(task) for task in tasks]
+        calls: list[tuple[tuple[int, ...], tuple[str, str]]] = []
+        for set_name, components in self.components.items():
+            for component in components:
+                key = (set_name, component.name)
+                if component.batch:
+                    calls.extend((tuple(g), key) for g in groups if set_of[g[0]] == set_name)
+                else:
+                    calls.extend(((i,), key) for i in range(len(completions)) if set_of[i] == set_name)
         values: dict[tuple[int, str], float] = {}
         failed: dict[int, list[str]] = {i: [] for i in range(len(completions))}
         pending = list(reversed(calls))
@@ -132,7 +148,15 @@ class RewardPool:
                     self._replace(child)
                 elif not child.ready and now >= child.started + START_TIMEOUT_S:
                     raise RuntimeError(f"a reward process did not start within {START_TIMEOUT_S:.0f} s")
-        return [self._combine(i, values, failed[i]) for i in range(len(completions))]
+        return [self._combine(i, set_of[i], values, failed[i]) for i in range(len(completions))]
+
+    def set_for(self, task: dict[str, Any]) -> str:
+        if len(self.specs) == 1:
+            return next(iter(self.specs))
+        name = task.get("reward_set", "default")
+        if name not in self.specs:
+            raise KeyError(f"task {task.get('task_id')} asks for reward set {name!r}; this run has {sorted(self.specs)}")
+        return name
 
     def _receive(self, child: _Child, values, failed, pending) -> None:
         """Take every answer the child has ready; the deadline restarts after each one."""
@@ -160,14 +184,15 @@ class RewardPool:
             if not child.calls or not child.conn.poll():
                 return
 
-    def _fail(self, indices: tuple[int, ...], name: str, error: str, values, failed) -> None:
-        component = next(c for c in self.components if c.name == name)
+    def _fail(self, indices: tuple[int, ...], key: tuple[str, str], error: str, values, failed) -> None:
+        set_name, name = key
+        component = next(c for c in self.components[set_name] if c.name == name)
         for index in indices:
-            values[(index, name)] = component.on_error
+            values[(index, key)] = component.on_error
             failed[index].append(name)
         self.errors[name] += len(indices)
-        if name not in self.logged:
-            self.logged.add(name)
+        if key not in self.logged:
+            self.logged.add(key)
             log.warning("reward %r failed (scored %s; later failures are only counted): %s", name, component.on_error, error)
 
     def _replace(self, child: _Child) -> None:
@@ -175,11 +200,12 @@ class RewardPool:
         position = self.children.index(child)
         self.children[position] = _Child(self.context, self.specs, self.modules)
 
-    def _combine(self, index: int, values, failed: list[str]) -> ScoredSample:
-        from rewards.registry import combine
+    def _combine(self, index: int, set_name: str, values, failed: list[str]) -> ScoredSample:
+        from rewards.registry import combine, is_correct
 
-        total, components = combine(self.components, {c.name: values[(index, c.name)] for c in self.components})
-        return ScoredSample(total, components, failed)
+        components = self.components[set_name]
+        total, logged = combine(components, {c.name: values[(index, (set_name, c.name))] for c in components})
+        return ScoredSample(total, logged, failed, is_correct(components, logged))
 
     def close(self) -> None:
         for child in self.children:

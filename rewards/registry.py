@@ -21,15 +21,16 @@ import difflib
 import importlib
 import importlib.util
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rl.wire import Task
 
 RewardFn = Callable[..., Any]
 CONTEXT_KEYS = ("num_tokens", "finish_reason")
-RESERVED_KEYS = ("name", "weight", "on_error", "alias")
+RESERVED_KEYS = ("name", "weight", "on_error", "alias", "correctness")
 
 # Built-in rewards, imported on first use so that a config check stays cheap.
 BUILTINS: dict[str, str] = {
@@ -45,7 +46,8 @@ BUILTINS: dict[str, str] = {
 }
 REGISTRY: dict[str, RewardFn] = {}
 
-# Components whose value says whether the answer is right; the first configured one defines accuracy.
+# Components whose value says whether the answer is right (positive = right); unless a component
+# says `correctness: true`, the first of these in a reward set defines accuracy.
 CORRECTNESS_REWARDS = ("boxed_answer", "math_answer", "knights_knaves", "countdown")
 
 
@@ -116,6 +118,7 @@ class Component:
     params: dict[str, Any] = field(default_factory=dict)
     batch: bool = False
     context_keys: tuple[str, ...] = ()
+    defines_accuracy: bool = False  # a positive value means a correct answer
 
     def score(self, completions: list[str], tasks: list, contexts: list[dict[str, Any]]) -> list[float | dict[str, float]]:
         tasks = [t if isinstance(t, Task) else Task.model_validate(t) for t in tasks]
@@ -158,7 +161,7 @@ def import_modules(modules: list[str]) -> None:
                 raise RewardConfigError(f"reward module {module!r} cannot be imported ({err})") from err
 
 
-def combine(components: list["Component"], values: dict[str, float | dict[str, float]]) -> tuple[float, dict[str, float]]:
+def combine(components: list[Component], values: dict[str, float | dict[str, float]]) -> tuple[float, dict[str, float]]:
     """The weighted total and every logged value (dict returns expanded) of one sample."""
     logged: dict[str, float] = {}
     for c in components:
@@ -169,13 +172,15 @@ def combine(components: list["Component"], values: dict[str, float | dict[str, f
 def resolve_components(specs: list[dict[str, Any]], modules: list[str] = ()) -> list[Component]:
     """Resolve and check every configured component; raises RewardConfigError on the first problem."""
     import_modules(list(modules))
-    components = []
+    components, flags, builtin_correctness = [], [], []
     for spec in specs:
         spec = dict(spec)
         name = spec.pop("name")
         weight = float(spec.pop("weight", 1.0))
         on_error = float(spec.pop("on_error", 0.0))
         alias = spec.pop("alias", None)
+        flags.append(spec.pop("correctness", None))
+        builtin_correctness.append(name in CORRECTNESS_REWARDS)
         fn = lookup(name)
         batch = bool(getattr(fn, "reward_batch", False))
         context_keys = check_signature(name, fn, spec, batch)
@@ -185,6 +190,13 @@ def resolve_components(specs: list[dict[str, Any]], modules: list[str] = ()) -> 
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise RewardConfigError(f"rewards {sorted(duplicates)} are listed twice; give one of them `alias: other_name`")
+    if sum(flag is True for flag in flags) > 1:
+        raise RewardConfigError("only one reward component can say `correctness: true` (it defines accuracy)")
+    chosen = next((i for i, flag in enumerate(flags) if flag is True), None)
+    if chosen is None:
+        chosen = next((i for i, (flag, b) in enumerate(zip(flags, builtin_correctness)) if b and flag is not False), None)
+    if chosen is not None:
+        components[chosen].defines_accuracy = True
     return components
 
 
@@ -225,14 +237,13 @@ def build_reward(specs: list[dict[str, Any]], modules: list[str] = ()) -> Weight
     return WeightedReward(resolve_components(specs, modules))
 
 
-def correctness_component(components) -> str | None:
-    names = [c["name"] if isinstance(c, dict) else c.name for c in components]
-    return next((n for n in names if n in CORRECTNESS_REWARDS), None)
+def is_correct(components: list[Component], logged: dict[str, float]) -> bool | None:
+    """Whether a sample's answer is right by its set's accuracy component; None if the set has none."""
+    judge = next((c for c in components if c.defines_accuracy), None)
+    return None if judge is None else logged[judge.name] > 0
 
 
-def accuracy_of(metas, components) -> float | None:
-    """Share of samples whose correctness component is positive; None if no such component is configured."""
-    name = correctness_component(components)
-    if name is None or not metas:
-        return None
-    return sum(m.reward_components.get(name, 0.0) > 0 for m in metas) / len(metas)
+def accuracy_of(metas) -> float | None:
+    """Share of correct samples among those whose reward set can tell; None if none can."""
+    judged = [m.correct for m in metas if m.correct is not None]
+    return sum(judged) / len(judged) if judged else None

@@ -2,7 +2,7 @@
 
 A YAML file may name another with `base: other.yaml` (relative to itself); the file's keys are
 merged over the base's, recursively for mappings, replacing lists and scalars. Overrides
-(`train.lr=2e-6`) are parsed as YAML scalars and applied last. Every model forbids unknown keys;
+(`train.lr=2e-6`, `env.sources.0.few_shot=2`) are parsed as YAML values and applied last. Every model forbids unknown keys;
 `ConfigError` turns pydantic's errors into messages that name the path and suggest the fix.
 This module imports nothing heavy: the CLI validates a config before any model is loaded.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,25 +27,6 @@ class RunConfig(Section):
     seed: int = Field(0, description="Seed for task generation, sampling and initialisation.")
 
 
-class EnvConfig(Section):
-    name: Literal["arithmetic"] = Field("arithmetic", description="Task generator.")
-    distributions: list[str] = Field(
-        default_factory=lambda: ["add_1d", "add_2d"],
-        min_length=1,
-        description="Distributions to train on, e.g. add_1d (1-digit addition), add_2d, sub_2d, mul_1d, add_3d, add_4d.",
-    )
-    train_size: int = Field(2000, ge=1, description="Training tasks per distribution.")
-    test_size: int = Field(32, ge=1, description="Held-out tasks per distribution (disjoint from training).")
-    system_prompt: str | None = Field(None, description="System message, or null for none.")
-    few_shot: int = Field(
-        0, ge=0, le=8, description="Solved training problems shown as chat turns before each question."
-    )
-    instruction: str = Field(
-        "Put the final answer in \\boxed{}.",
-        description="Appended to every question.",
-    )
-
-
 class RewardComponent(BaseModel):
     """A reward component; any other key is a parameter of its function (checked at start-up)."""
 
@@ -54,6 +35,78 @@ class RewardComponent(BaseModel):
     weight: float = Field(1.0, description="Weight of this component in the total reward.")
     on_error: float = Field(0.0, description="Score when the function raises or exceeds the timeout.")
     alias: str | None = Field(None, description="Metric name (reward/<alias>) when the same function is listed twice.")
+    correctness: bool | None = Field(
+        None, description="This component says whether an answer is right (positive = correct) and defines accuracy; "
+        "default: the first of boxed_answer, math_answer, knights_knaves, countdown."
+    )
+
+
+class SourceBase(Section):
+    """What every source of tasks shares; unset values fall back to `env.*`, then to the source's defaults."""
+
+    system_prompt: str | None = Field(None, description="System message; default env.system_prompt, then the source's own.")
+    instruction: str | None = Field(None, description="Appended to every question; default env.instruction, then the source's own.")
+    rewards: list[RewardComponent] | None = Field(
+        None, description="Reward components for this source's tasks; default the top-level `rewards`, then the source's own."
+    )
+    train_size: int | None = Field(None, ge=1, description="Training tasks per distribution; default env.train_size.")
+    test_size: int | None = Field(None, ge=1, description="Held-out tasks per distribution; default env.test_size.")
+
+
+class ArithmeticSource(SourceBase):
+    type: Literal["arithmetic"] = "arithmetic"
+    distributions: list[str] = Field(
+        default_factory=lambda: ["add_1d", "add_2d"], min_length=1,
+        description="<op>_<digits>d with op add/sub/mul, e.g. add_1d, add_2d, sub_2d, mul_1d.",
+    )
+    few_shot: int = Field(0, ge=0, le=8, description="Solved training problems shown as chat turns before each question.")
+
+
+class KnightsKnavesSource(SourceBase):
+    type: Literal["knights_knaves"] = "knights_knaves"
+    distributions: list[str] = Field(
+        default_factory=lambda: [f"kk_{n}p" for n in range(3, 15)], min_length=1,
+        description="kk_<n>p: puzzles with n people, 3 <= n <= 14 (default all 12).",
+    )
+
+
+class CountdownSource(SourceBase):
+    type: Literal["countdown"] = "countdown"
+    distributions: list[str] = Field(
+        default_factory=lambda: ["cd_3n", "cd_4n"], min_length=1,
+        description="cd_<k>n: reach a target from k numbers with + - * /.",
+    )
+
+
+class FileSource(SourceBase):
+    type: Literal["file"] = "file"
+    path: str = Field(description="A .jsonl or .parquet file of questions and answers (relative to the working folder).")
+    test_path: str | None = Field(None, description="A separate held-out file; default: hold out test_size rows of `path`.")
+    format: Literal["auto", "plain", "gsm8k", "math"] = Field(
+        "auto", description="gsm8k: answers end in '#### 42'; math: the answer is the last \\boxed{} of a solution; auto: detect."
+    )
+    question: str | None = Field(None, description="Question column; default question, or problem for MATH-style files.")
+    answer: str | None = Field(None, description="Answer column; default answer, or solution for MATH-style files.")
+    distribution: str | None = Field(None, description="Column naming each row's distribution; without it the file is one distribution.")
+    name: str | None = Field(None, description="Distribution name when there is no distribution column; default the file's stem.")
+    strict: bool = Field(False, description="A malformed row is an error instead of being skipped with a warning.")
+
+
+TaskSourceConfig = Annotated[
+    ArithmeticSource | KnightsKnavesSource | CountdownSource | FileSource, Field(discriminator="type")
+]
+SOURCE_TYPES = ("arithmetic", "knights_knaves", "countdown", "file")
+
+
+class EnvConfig(Section):
+    sources: list[TaskSourceConfig] = Field(
+        default_factory=lambda: [ArithmeticSource()], min_length=1,
+        description="Where tasks come from: generators (arithmetic, knights_knaves, countdown) and files; each distribution of each source is one arm of the curriculum.",
+    )
+    train_size: int = Field(2000, ge=1, description="Training tasks per distribution (generators; files use all their rows).")
+    test_size: int = Field(32, ge=1, description="Held-out tasks per distribution (disjoint from training).")
+    system_prompt: str | None = Field(None, description="System message for every source that sets none; null: the source's default.")
+    instruction: str | None = Field(None, description="Instruction for every source that sets none; null: the source's default.")
 
 
 class RolloutConfig(Section):
@@ -99,7 +152,20 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     before: bool = Field(True, description="Evaluate the held-out split before training.")
     after: bool = Field(True, description="Evaluate the held-out split after training.")
+    every: int = Field(0, ge=0, description="Also evaluate every this many steps during training (0: only before/after).")
+    samples: int = Field(1, ge=1, description="Samples per held-out task (k of mean@k and pass@k).")
+    temperature: float = Field(0.0, ge=0.0, description="0 is greedy; samples > 1 needs a temperature > 0.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
+
+    @model_validator(mode="after")
+    def _check_sampling(self) -> EvalConfig:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(
+                f"eval.samples={self.samples} with eval.temperature=0 would draw {self.samples} identical greedy answers; "
+                "set eval.temperature (e.g. 0.6) or eval.samples=1"
+            )
+        return self
 
 
 class TransportConfig(Section):
@@ -123,12 +189,11 @@ class Config(Section):
     model: str = Field("smollm2-135m-instruct", description="Built-in model name or a local Hugging Face folder.")
     run: RunConfig = Field(default_factory=RunConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
-    rewards: list[RewardComponent] = Field(
-        default_factory=lambda: [
-            RewardComponent(name="boxed_answer", weight=1.0),
-            RewardComponent(name="boxed_format", weight=0.1),
-        ],
+    rewards: list[RewardComponent] | None = Field(
+        None,
         min_length=1,
+        description="Reward components for every source that sets none; null: each source's default "
+        "(arithmetic: boxed_answer + boxed_format, knights_knaves: knights_knaves + format, countdown: countdown + format, files: math_answer + boxed_format).",
     )
     reward_modules: list[str] = Field(
         default_factory=list, description="Modules or .py files to import first; their @reward functions become names."
@@ -140,7 +205,17 @@ class Config(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
-    def _check_batch(self) -> "Config":
+    def _check_distributions(self) -> Config:
+        seen: dict[str, int] = {}
+        for index, source in enumerate(self.env.sources):
+            for name in getattr(source, "distributions", []):
+                if name in seen:
+                    raise ValueError(f"distribution {name!r} is listed twice (env.sources.{seen[name]} and env.sources.{index})")
+                seen[name] = index
+        return self
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> Config:
         batch = self.rollout.prompts_per_step * self.rollout.samples_per_prompt
         if batch % self.train.micro_batch_size:
             raise ValueError(
@@ -205,12 +280,23 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({err}).") from err
-    node = raw
-    for key in keys[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[keys[-1]] = value
+    node: Any = raw
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):  # env.sources.0.few_shot=2 indexes into a list
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"override {item!r}: `{'.'.join(keys[:depth])}` is a list of {len(node)}; use an index below {len(node)}.")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+            continue
+        if last:
+            node[key] = value
+        else:
+            if not isinstance(node.get(key), (dict, list)):
+                node[key] = {}
+            node = node[key]
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> Config:
@@ -221,11 +307,21 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def describe_error(error: dict[str, Any]) -> str:
-    loc = [str(p) for p in error["loc"]]
+    # A discriminated union puts the tag in the location (env.sources.0.file.path); users never write it.
+    loc = [str(p) for i, p in enumerate(error["loc"]) if not (p in SOURCE_TYPES and i and error["loc"][i - 1] != "type"
+                                                                and isinstance(error["loc"][i - 1], int))]
     path = ".".join(loc) or "(top level)"
+    raw_loc = [str(p) for p in error["loc"]]
     kind = error["type"]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = ", ".join(SOURCE_TYPES)
+        got = error["input"].get("type") if isinstance(error["input"], dict) else None
+        if got is None:
+            return f"`{path}` needs `type:`, one of {tags}."
+        close = difflib.get_close_matches(str(got), SOURCE_TYPES, n=1)
+        return f"`{path}.type` must be one of {tags}, got {got!r}" + (f": did you mean {close[0]!r}?" if close else ".")
     if kind == "extra_forbidden":
-        valid = sorted(fields_at(loc[:-1]))
+        valid = sorted(fields_at(raw_loc[:-1]))
         close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
         hint = f"did you mean `{'.'.join(loc[:-1] + close)}`?" if close else f"valid keys here: {', '.join(valid)}"
         return f"unknown key `{path}`: {hint}"
@@ -262,19 +358,28 @@ EXPECTED = {
 def fields_at(loc: list[str]) -> set[str]:
     """Field names of the model found by walking `loc` from Config (list indices are skipped)."""
     model: type[BaseModel] = Config
-    for part in loc:
-        if part.isdigit():
+    for index, part in enumerate(loc):
+        if part.isdigit() or (part in SOURCE_TYPES and part not in model.model_fields):
             continue
         field = model.model_fields.get(part)
         if field is None:
             return set()
-        annotation = field.annotation
-        inner = getattr(annotation, "__args__", None)
-        candidates = [annotation, *(inner or ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        candidates = list(model_types(field.annotation))
+        if len(candidates) > 1:  # a union of sources: the element's `type` picks one, taken from the error's input
+            candidates = [c for c in candidates if c.model_fields.get("type") and c.model_fields["type"].default in loc[index + 1:]] or candidates
+        model = candidates[0] if candidates else None
         if model is None:
             return set()
     return set(model.model_fields)
+
+
+def model_types(annotation: Any):
+    """The BaseModel classes inside an annotation (list[X], X | None, Annotated[Union[...]])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    for inner in getattr(annotation, "__args__", ()) or ():  # Annotated[X, ...].__args__ is (X,)
+        yield from model_types(inner)
 
 
 def to_yaml(config: Config) -> str:

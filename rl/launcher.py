@@ -16,6 +16,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from envs.source import check_sources, reward_sets
 from rewards.registry import build_reward
 from rl.config import Config, to_yaml
 from rl.models import resolve_model
@@ -83,7 +84,10 @@ def train(config: Config) -> int:
     # SIGTERM (from a scheduler or `kill`) deserves the same orderly stop as Ctrl-C.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    build_reward([c.model_dump() for c in config.rewards], config.reward_modules)  # bad rewards fail here
+    # Bad rewards, distribution names and data files fail here, before any process starts.
+    check_sources(config)
+    for specs in reward_sets(config).values():
+        build_reward(specs, config.reward_modules)
     model_path = resolve_model(config.model)  # a missing model fails before any process starts
     run_dir = make_run_dir(config)
     (run_dir / "config.yaml").write_text(to_yaml(config))

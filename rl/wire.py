@@ -48,6 +48,7 @@ class Task(BaseModel):
     messages: list[ChatMessage]
     answer: str = Field(description="Reference answer the rewards compare with.")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    reward_set: str = Field("default", description="Which of the run's reward sets scores this task (one per source).")
 
 
 class Hello(Message):
@@ -62,7 +63,9 @@ class Welcome(Message):
     worker_id: int = Field(description="Id the learner assigned; tags every sample of this worker.")
     model_path: str = Field(description="Local HF folder of the initial policy (version 0).")
     rollout: dict[str, Any] = Field(description="The run's RolloutConfig as a mapping.")
-    rewards: list[dict[str, Any]] = Field(description="Reward components (name, weight, parameters).")
+    reward_sets: dict[str, list[dict[str, Any]]] = Field(
+        description="Reward sets by name (one per task source): components (name, weight, parameters); a task names its set."
+    )
     reward_modules: list[str] = Field(default_factory=list, description="Modules that register rewards by name.")
     seed: int
     run_dir: str
@@ -122,6 +125,7 @@ class SampleMeta(BaseModel):
     reward: float = Field(description="Weighted sum of the components.")
     reward_components: dict[str, float]
     reward_failed: list[str] = Field(default_factory=list, description="Components that raised or timed out (scored on_error).")
+    correct: bool | None = Field(None, description="Whether the answer is right, by the reward set's accuracy component (None: no such component).")
     finish_reason: str
     policy_version: int
     worker_id: int

@@ -209,14 +209,14 @@ class RolloutEngine:
 
     # -- weights ------------------------------------------------------------------------------
 
-    def load_weights(self, named_tensors: list[tuple[str, "torch.Tensor"]]) -> None:
+    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors into the live engine, in place; callable with any subset (bucket)."""
         self.llm.collective_rpc("rl_load_weights", args=(named_tensors,))
         # Cached KV blocks were computed with the old weights.
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("could not reset vLLM's prefix cache (requests still running?)")
 
-    def parameters_snapshot(self) -> dict[str, "torch.Tensor"]:
+    def parameters_snapshot(self) -> dict[str, torch.Tensor]:
         """CPU copies of the live parameters under vLLM's names (fused qkv_proj, gate_up_proj, ...)."""
         return self.llm.collective_rpc("rl_parameters_snapshot")[0]
 

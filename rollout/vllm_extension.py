@@ -149,7 +149,9 @@ class WeightSyncExtension:
                 if on_cpu and pname == "weight" and _is_cpu_packed(module):
                     shape = param.shape
                     if param.numel() == 0:  # vLLM dropped it: take the shape from its recorded layout
-                        from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
+                        from vllm.model_executor.model_loader.reload.layerwise import (
+                            get_layerwise_info,
+                        )
 
                         shape = get_layerwise_info(module).restore_metadata[0]["weight"].shape
                     out[full] = _read_back_packed(module, shape, param.dtype)

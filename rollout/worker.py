@@ -20,7 +20,6 @@ from rl.transport import WorkerEndpoint
 from rl.wire import (
     NUMPY_DTYPES,
     Hello,
-    SampleMeta,
     Samples,
     Shutdown,
     Tasks,
@@ -29,6 +28,7 @@ from rl.wire import (
     Welcome,
     WorkerFailed,
 )
+from rollout.sampling import sample_and_score
 
 log = logging.getLogger("rollout")
 
@@ -45,7 +45,7 @@ class RolloutWorker:
         self.worker_id = welcome.worker_id
         self.config = RolloutConfig.model_validate(welcome.rollout)
         self.rewards = RewardPool(
-            welcome.rewards, self.config.reward_processes, self.config.reward_timeout_s, modules=welcome.reward_modules
+            welcome.reward_sets, self.config.reward_processes, self.config.reward_timeout_s, modules=welcome.reward_modules
         )
         self.run_dir = Path(welcome.run_dir)
         self.version = 0
@@ -126,57 +126,12 @@ class RolloutWorker:
     def generate(self, request: Tasks) -> tuple[Samples, list[np.ndarray]]:
         if self.version < request.min_version:
             raise RuntimeError(f"asked for policy version {request.min_version} but holds {self.version}")
-        prompts = [
-            self.tokenizer.apply_chat_template(
-                [m.model_dump() for m in task.messages], add_generation_prompt=True, tokenize=True
-            )
-            for task in request.tasks
-        ]
-        prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
-        sp = request.sampling
-        outputs = self.engine.generate(
-            prompts, n=sp.n, temperature=sp.temperature, top_p=sp.top_p, max_tokens=sp.max_tokens, seed=sp.seed
+        batch = sample_and_score(
+            self.engine, self.tokenizer, self.rewards, request.tasks, request.sampling,
+            sample_prefix=f"w{self.worker_id}-r{request.request_id}", policy_version=self.version, worker_id=self.worker_id,
         )
-        flat = [(t, s, completion) for t, completions in enumerate(outputs) for s, completion in enumerate(completions)]
-        groups: dict[int, list[int]] = {}
-        for index, (t, _, _) in enumerate(flat):
-            groups.setdefault(t, []).append(index)
-        task_dicts = [task.model_dump() for task in request.tasks]
-        scored = self.rewards.score(
-            [c.text for _, _, c in flat],
-            [task_dicts[t] for t, _, _ in flat],
-            [{"num_tokens": len(c.token_ids), "finish_reason": c.finish_reason} for _, _, c in flat],
-            groups=list(groups.values()),
-        )
-        metas, prompt_ids, completion_ids, logprobs = [], [], [], []
-        for (t, s, completion), score in zip(flat, scored):
-            task, prompt = request.tasks[t], prompts[t]
-            metas.append(
-                SampleMeta(
-                    sample_id=f"w{self.worker_id}-r{request.request_id}-t{t}-s{s}",
-                    task_id=task.task_id,
-                    distribution=task.distribution,
-                    prompt_len=len(prompt),
-                    completion_len=len(completion.token_ids),
-                    reward=score.total,
-                    reward_components=score.components,
-                    reward_failed=score.failed,
-                    finish_reason=completion.finish_reason,
-                    policy_version=self.version,
-                    worker_id=self.worker_id,
-                    text=completion.text,
-                )
-            )
-            prompt_ids.extend(prompt)
-            completion_ids.extend(completion.token_ids)
-            logprobs.extend(completion.logprobs)
-        frames = [
-            np.asarray(prompt_ids, dtype=np.int32),
-            np.asarray(completion_ids, dtype=np.int32),
-            np.asarray(logprobs, dtype=np.float32),
-        ]
-        header = Samples(request_id=request.request_id, purpose=request.purpose, worker_id=self.worker_id, samples=metas)
-        return header, frames
+        header = Samples(request_id=request.request_id, purpose=request.purpose, worker_id=self.worker_id, samples=batch.metas)
+        return header, batch.frames()
 
 
 def main(address: str, name: str | None = None) -> None:

@@ -12,11 +12,14 @@ def configs(tmp_path):
 
 
 def test_base_merge_and_dotted_overrides(configs):
-    config = load_config(configs / "child.yaml", ["rollout.num_workers=2", "train.lr=2e-6", "env.distributions=[add_3d]"])
+    config = load_config(configs / "child.yaml", ["rollout.num_workers=2", "train.lr=2e-6", "env.sources=[{type: arithmetic}]",
+                                                  "env.sources.0.distributions=[add_3d]"])
     assert config.train.steps == 3  # child wins over base
     assert config.train.lr == 2e-6  # override wins over both
     assert config.rollout.num_workers == 2
-    assert config.env.distributions == ["add_3d"]
+    assert config.env.sources[0].distributions == ["add_3d"]
+    with pytest.raises(ConfigError, match="is a list of 1; use an index below 1"):
+        load_config(configs / "child.yaml", ["env.sources=[{type: arithmetic}]", "env.sources.3.few_shot=1"])
 
 
 @pytest.mark.parametrize(

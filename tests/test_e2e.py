@@ -19,7 +19,7 @@ def write_config(tmp_path: Path, model_dir: Path, **extra) -> Path:
     lines = [
         f"model: {model_dir}",
         f"run: {{name: e2e, output_dir: {tmp_path / 'runs'}, seed: 1}}",
-        "env: {distributions: [add_1d, add_2d], train_size: 20, test_size: 2}",
+        "env: {sources: [{type: arithmetic, distributions: [add_1d, add_2d]}], train_size: 20, test_size: 2}",
         "rollout: {num_workers: %d, prompts_per_step: 2, samples_per_prompt: 2, max_new_tokens: 8, max_model_len: 256,"
         " kv_cache_gib: 0.25, debug_dump_weights: true, bucket_mb: 1}" % extra.get("num_workers", 1),
         "train: {steps: %d, lr: 1.0e-3, micro_batch_size: 2, threads: 1}" % extra.get("steps", 2),
@@ -105,7 +105,7 @@ def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
     initial = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     final = load_file(str(run_dir / "final" / "model.safetensors"))
     assert any(not torch.equal(initial[k], final[k]) for k in final), "training did not change the weights"
-    assert "held-out greedy accuracy" in result.stdout
+    assert "held-out evaluation after training" in result.stdout and "held-out accuracy (mean@1)" in result.stdout
     assert "wandb sync" in result.stdout
     assert_no_process_mentions(str(run_dir))
     print(f"e2e run took {time.monotonic() - start:.1f} s")

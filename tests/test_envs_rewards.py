@@ -1,6 +1,7 @@
 import pytest
 
 from envs.arithmetic import build_splits, parse_distribution
+from envs.prompts import PromptStyle
 from rewards.boxed import boxed_answer, boxed_format, extract_boxed
 from rewards.registry import RewardConfigError, build_reward
 from rl.wire import Task
@@ -12,8 +13,8 @@ def task(answer):
 
 @pytest.mark.parametrize("name", ["add_1d", "add_2d", "sub_3d", "mul_2d"])
 def test_splits_are_deterministic_disjoint_and_correct(name):
-    train, test = build_splits(name, 60, 20, seed=3, instruction="Box it.")
-    again_train, again_test = build_splits(name, 60, 20, seed=3, instruction="Box it.")
+    train, test = build_splits(name, 60, 20, seed=3, style=PromptStyle(instruction="Box it."))
+    again_train, again_test = build_splits(name, 60, 20, seed=3, style=PromptStyle(instruction="Box it."))
     assert [t.model_dump() for t in train] == [t.model_dump() for t in again_train]
     assert [t.model_dump() for t in test] == [t.model_dump() for t in again_test]
     questions = lambda tasks: {t.messages[-1].content for t in tasks}
@@ -26,8 +27,8 @@ def test_splits_are_deterministic_disjoint_and_correct(name):
 
 
 def test_other_seed_gives_other_tasks_and_bad_names_fail():
-    assert build_splits("add_2d", 20, 5, 0, "")[1][0].answer != build_splits("add_2d", 20, 5, 1, "")[1][0].answer or \
-        build_splits("add_2d", 20, 5, 0, "")[1][1].answer != build_splits("add_2d", 20, 5, 1, "")[1][1].answer
+    assert build_splits("add_2d", 20, 5, 0, PromptStyle())[1][0].answer != build_splits("add_2d", 20, 5, 1, PromptStyle())[1][0].answer or \
+        build_splits("add_2d", 20, 5, 0, PromptStyle())[1][1].answer != build_splits("add_2d", 20, 5, 1, PromptStyle())[1][1].answer
     with pytest.raises(ValueError, match="unknown arithmetic distribution"):
         parse_distribution("div_2d")
 
@@ -74,7 +75,7 @@ def test_weighted_reward_sums_components_and_unknown_names_fail():
 
 
 def test_few_shot_turns_are_solved_training_problems_never_test_ones():
-    train, test = build_splits("add_2d", 50, 10, seed=0, instruction="Box it.", few_shot=2)
+    train, test = build_splits("add_2d", 50, 10, seed=0, style=PromptStyle(instruction="Box it."), few_shot=2)
     shots = test[0].messages[:-1]
     assert [m.role for m in shots] == ["user", "assistant", "user", "assistant"]
     assert all(t.messages[:-1] == shots for t in train + test), "every task carries the same demonstrations"

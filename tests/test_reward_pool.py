@@ -81,3 +81,30 @@ def test_a_decorated_reward_is_usable_by_its_name_once_its_module_is_listed(pool
     pool = pool_factory([{"name": "rank_in_group"}], modules=[MISBEHAVING])
     scored = pool.score(["aaa", "a"], [task_dict()] * 2, [{}] * 2)
     assert [s.components["rank_in_group"] for s in scored] == [0.0, 1.0]
+
+
+def test_each_task_is_scored_by_its_own_reward_set(pool_factory):
+    """Mixed sources in one batch: arithmetic tasks by boxed_answer, K&K-like tasks by format + a custom judge."""
+    pool = pool_factory({
+        "0:arithmetic": [{"name": "boxed_answer", "weight": 1.0}, {"name": "boxed_format", "weight": 0.5}],
+        "1:logic": [{"name": "format", "weight": 1.0},
+                    {"name": f"{Path(__file__).parent / 'rewards_for_tests.py'}:shorter_is_better", "weight": 1.0, "correctness": True}],
+    }, processes=1)
+    arithmetic = dict(task_dict("3"), reward_set="0:arithmetic")
+    logic = dict(task_dict("3"), reward_set="1:logic")
+    scored = pool.score(
+        ["\\boxed{3}", "\\boxed{4}", "<think>a</think><answer>b</answer>", "no tags"],
+        [arithmetic, arithmetic, logic, logic], [{}] * 4,
+    )
+    assert scored[0].components == {"boxed_answer": 1.0, "boxed_format": 1.0} and scored[0].total == 1.5
+    assert scored[0].correct is True and scored[1].correct is False
+    assert set(scored[2].components) == {"format", "shorter_is_better"}
+    assert scored[2].components["format"] == 1.0 and scored[3].components["format"] == -1.0
+    assert scored[2].correct == (scored[2].components["shorter_is_better"] > 0)
+    with pytest.raises(KeyError, match="reward set 'nope'"):
+        pool.score(["x"], [dict(task_dict(), reward_set="nope")], [{}])
+
+
+def test_a_set_without_a_correctness_component_reports_no_accuracy(pool_factory):
+    pool = pool_factory([{"name": "boxed_format", "weight": 1.0}], processes=1)
+    assert pool.score(["\\boxed{3}"], [task_dict()], [{}])[0].correct is None
