@@ -131,6 +131,23 @@ class TaskSource:
         self.rng = random.Random(config.run.seed)
         self.order: dict[str, list[int]] = {name: [] for name in self.train}
 
+    def drop_overlong(self, lengths: Callable[[list[Task]], list[int]], limit: int) -> None:
+        """Drop tasks whose prompt is longer than `limit` tokens (the engine would reject them), with a warning.
+
+        `limit` is max_model_len - max_new_tokens, so every kept prompt has its whole answer budget.
+        """
+        for split_name, split in (("train", self.train), ("test", self.test)):
+            for name, tasks in split.items():
+                kept = [t for t, n in zip(tasks, lengths(tasks)) if n <= limit]
+                if len(kept) < len(tasks):
+                    log.warning("%s: dropped %d of %d %s tasks whose prompts exceed %d tokens (raise rollout.max_model_len to keep them)",
+                                name, len(tasks) - len(kept), len(tasks), split_name, limit)
+                if not kept:
+                    raise SourceError(f"every {split_name} task of {name} has a prompt over {limit} tokens "
+                                      "(rollout.max_model_len - max_new_tokens); raise rollout.max_model_len")
+                split[name] = kept
+        self.order = {name: [] for name in self.train}  # positions refer to the new lists
+
     def next_task(self) -> Task:
         name = self.curriculum.choose(self.rng)
         if not self.order[name]:

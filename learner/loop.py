@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from envs.source import TaskSource, reward_sets
 from learner.advantages import group_advantages
@@ -39,6 +40,7 @@ from rl.evaluation import (
 from rl.monitor import Monitor
 from rl.transport import LearnerEndpoint
 from rl.wire import SamplingParams, Welcome
+from rollout.sampling import prompt_lengths
 
 log = logging.getLogger("learner")
 
@@ -52,6 +54,8 @@ def run(run_dir: Path, model_path: str) -> None:
 
     # ---- set-up: data, engine, bus
     source = TaskSource(config, UniformCurriculum)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    source.drop_overlong(lambda tasks: prompt_lengths(tokenizer, tasks), config.prompt_token_limit())
     init_distributed()
     batch_size = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
     engine = build_policy_engine(

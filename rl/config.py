@@ -214,6 +214,19 @@ class Config(Section):
                 seen[name] = index
         return self
 
+    def prompt_token_limit(self) -> int:
+        """The longest prompt that leaves room for the longest answer (training or evaluation)."""
+        return self.rollout.max_model_len - max(self.rollout.max_new_tokens, self.eval.max_new_tokens or 0)
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> Config:
+        if self.prompt_token_limit() < 8:
+            raise ValueError(
+                f"rollout.max_model_len={self.rollout.max_model_len} leaves no room for prompts after "
+                f"{max(self.rollout.max_new_tokens, self.eval.max_new_tokens or 0)} new tokens; raise rollout.max_model_len"
+            )
+        return self
+
     @model_validator(mode="after")
     def _check_batch(self) -> Config:
         batch = self.rollout.prompts_per_step * self.rollout.samples_per_prompt

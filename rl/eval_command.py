@@ -61,7 +61,7 @@ def run_eval(target: str, config_path: str | None, overrides: list[str], output:
     from rl.launcher import child_env
     from rl.wire import SamplingParams
     from rollout.engine import RolloutEngine
-    from rollout.sampling import sample_and_score
+    from rollout.sampling import prompt_lengths, sample_and_score
 
     config, model_path, run_dir = resolve_target(target, config_path, overrides)
     check_sources(config)
@@ -74,13 +74,14 @@ def run_eval(target: str, config_path: str | None, overrides: list[str], output:
     start = time.perf_counter()
     print(f"[rl] building the held-out sets of {len(config.env.sources)} source(s)", flush=True)
     source = TaskSource(config)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    source.drop_overlong(lambda tasks: prompt_lengths(tokenizer, tasks), config.prompt_token_limit())
     e = config.eval
     sampling = SamplingParams(
         n=e.samples, temperature=e.temperature, top_p=e.top_p, max_tokens=e.max_new_tokens or config.rollout.max_new_tokens,
         seed=config.run.seed if e.temperature > 0 else None,
     )
     print(f"[rl] evaluating {model_path} ({sum(map(len, source.test.values()))} tasks x {e.samples} samples)", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     engine = RolloutEngine(
         str(model_path), dtype=config.rollout.dtype, seed=config.run.seed, max_model_len=config.rollout.max_model_len,
         kv_cache_gib=config.rollout.kv_cache_gib, enforce_eager=config.rollout.enforce_eager, cpu_threads=config.rollout.cpu_threads,

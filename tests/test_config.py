@@ -1,6 +1,7 @@
 import pytest
 
 from rl.cli import main as cli_main
+from envs.source import check_sources
 from rl.config import ConfigError, load_config
 
 
@@ -77,7 +78,7 @@ def test_every_shipped_config_validates():
     files = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
     assert files, "configs/ holds no YAML files"
     for path in files:
-        load_config(path)
+        check_sources(load_config(path))  # names parse, data files exist
 
 
 def test_train_rejects_missing_model_before_starting_anything(tmp_path, capsys):

@@ -15,19 +15,27 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).parents[1]
 
 
+TEST_REWARDS = (
+    f"[{{name: boxed_answer, weight: 1.0}}, {{name: '{REPO / 'tests' / 'rewards_for_tests.py'}:shorter_is_better', weight: 1.0}},"
+    f" {{name: '{REPO / 'tests' / 'rewards_misbehaving.py'}:raises', weight: 0.0, on_error: 0.0}}]"
+)
+
+
 def write_config(tmp_path: Path, model_dir: Path, **extra) -> Path:
+    sources = extra.get("sources", "[{type: arithmetic, distributions: [add_1d, add_2d]}]")
     lines = [
         f"model: {model_dir}",
         f"run: {{name: e2e, output_dir: {tmp_path / 'runs'}, seed: 1}}",
-        "env: {sources: [{type: arithmetic, distributions: [add_1d, add_2d]}], train_size: 20, test_size: 2}",
-        "rollout: {num_workers: %d, prompts_per_step: 2, samples_per_prompt: 2, max_new_tokens: 8, max_model_len: 256,"
+        f"env: {{sources: {sources}, train_size: 20, test_size: 2}}",
+        "rollout: {num_workers: %d, prompts_per_step: 2, samples_per_prompt: 2, max_new_tokens: 8, max_model_len: 512,"
         " kv_cache_gib: 0.25, debug_dump_weights: true, bucket_mb: 1}" % extra.get("num_workers", 1),
         "train: {steps: %d, lr: 1.0e-3, micro_batch_size: 2, threads: 1}" % extra.get("steps", 2),
         "logging: {wandb: offline, progress: false}",
         # a random model never earns the boxed reward; this user reward gives the groups variance
-        f"rewards: [{{name: boxed_answer, weight: 1.0}}, {{name: '{REPO / 'tests' / 'rewards_for_tests.py'}:shorter_is_better', weight: 1.0}},"
-        f" {{name: '{REPO / 'tests' / 'rewards_misbehaving.py'}:raises', weight: 0.0, on_error: 0.0}}]",
+        f"rewards: {TEST_REWARDS}",
     ]
+    if "eval_every" in extra:
+        lines.append(f"eval: {{every: {extra['eval_every']}}}")
     if "wait_for_workers" in extra:
         lines.append(f"transport: {{wait_for_workers: {extra['wait_for_workers']}}}")
     path = tmp_path / "e2e.yaml"
@@ -75,7 +83,7 @@ def check_run(run_dir: Path, workers: int) -> None:
     assert records[0]["train/grad_norm"] > 0
     assert all(r["reward_errors/raises"] == 4 for r in records), "a raising reward must be counted, not crash the run"
     assert all(r["reward_errors/shorter_is_better"] == 0 for r in records)
-    assert all("reward/add_1d/shorter_is_better" in r or "reward/add_2d/shorter_is_better" in r for r in records)
+    assert all(any(k.startswith("reward/") and k.endswith("/shorter_is_better") for k in r) for r in records)
 
     final = load_file(str(run_dir / "final" / "model.safetensors"))
     for worker_id in range(workers):
@@ -96,7 +104,10 @@ def check_run(run_dir: Path, workers: int) -> None:
 
 
 def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
-    config = write_config(tmp_path, tiny_model_dir)
+    """Also: two sources in one run (arithmetic + Knights and Knaves, each with its own reward set), eval every step."""
+    kk_rewards = f"[{{name: knights_knaves}}, {{name: format, weight: 0.5}}, {{name: '{REPO / 'tests' / 'rewards_misbehaving.py'}:raises', weight: 0.0}}]"
+    sources = f"[{{type: arithmetic, distributions: [add_1d]}}, {{type: knights_knaves, distributions: [kk_3p], rewards: {kk_rewards}}}]"
+    config = write_config(tmp_path, tiny_model_dir, sources=sources, eval_every=1)
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "rl.cli", "train", str(config)], cwd=REPO, timeout=600, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -106,6 +117,15 @@ def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
     final = load_file(str(run_dir / "final" / "model.safetensors"))
     assert any(not torch.equal(initial[k], final[k]) for k in final), "training did not change the weights"
     assert "held-out evaluation after training" in result.stdout and "held-out accuracy (mean@1)" in result.stdout
+    assert "held-out evaluation at step 1" in result.stdout
+    step_eval = json.loads((run_dir / "eval" / "step-000001.json").read_text())
+    assert step_eval["policy_version"] == 1 and list(step_eval["distributions"]) == ["add_1d", "kk_3p", "overall"]
+    after = json.loads((run_dir / "eval_after.json").read_text())["distributions"]
+    assert after["kk_3p"]["tasks"] == 2 and after["kk_3p"]["reward_mean"] <= 2.0 + 0.5  # the K&K set's scale, not boxed_answer's
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "eval/kk_3p/accuracy" in records[0] and "eval/kk_3p/accuracy" not in records[1]  # step 2 is the final eval
+    kk_keys = {k for r in records for k in r if k.startswith("reward/kk_3p/")}
+    assert not kk_keys or kk_keys <= {"reward/kk_3p/knights_knaves", "reward/kk_3p/format", "reward/kk_3p/raises"}
     assert "wandb sync" in result.stdout
     assert_no_process_mentions(str(run_dir))
     print(f"e2e run took {time.monotonic() - start:.1f} s")
