@@ -9,6 +9,7 @@ the share of tasks with a correct sample, computed with the unbiased estimator o
 from __future__ import annotations
 
 import io
+import re
 from collections import defaultdict
 from math import comb
 
@@ -48,12 +49,17 @@ def summarize_group(metas: list, k: int) -> dict:
     }
 
 
+def natural_key(name: str) -> list:
+    """kk_3p < kk_10p: digit runs compare as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
 def summarize_eval(metas: list, k: int = 1) -> dict:
-    """Per distribution (sorted) and overall; `examples` keeps a few completions to read."""
+    """Per distribution (in natural order: add_1d, add_2d, kk_3p ... kk_14p) and overall; a few completions to read."""
     by_dist: dict[str, list] = defaultdict(list)
     for meta in metas:
         by_dist[meta.distribution].append(meta)
-    groups = {**dict(sorted(by_dist.items())), OVERALL: list(metas)}
+    groups = {**{name: by_dist[name] for name in sorted(by_dist, key=natural_key)}, OVERALL: list(metas)}
     return {
         "k": k,
         "distributions": {name: summarize_group(group, k) for name, group in groups.items()},

@@ -64,3 +64,8 @@ def test_tasks_without_an_accuracy_component_report_none():
     row = result["distributions"]["x"]
     assert row["accuracy"] is None and row["pass_at_k"] is None
     assert "-" in evaluation_table(result)
+
+
+def test_distributions_are_listed_in_natural_order():
+    metas = [meta(f"t{n}", f"kk_{n}p", True) for n in (10, 3, 14, 4)] + [meta("a", "add_2d", False), meta("b", "add_10d", False)]
+    assert list(summarize_eval(metas)["distributions"]) == ["add_2d", "add_10d", "kk_3p", "kk_4p", "kk_10p", "kk_14p", "overall"]
