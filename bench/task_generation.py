@@ -22,7 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envs.knights_knaves import MAX_PEOPLE, MIN_PEOPLE, _random_statement, evaluate, generate_puzzle  # noqa: E402
+from envs.knights_knaves import (
+    MAX_PEOPLE,
+    MIN_PEOPLE,
+    _random_statement,
+    evaluate,
+    generate_puzzle,
+)
 
 
 def brute_force_count(n: int, statements: list[dict], stop_at: int = 2) -> int:

@@ -2,7 +2,13 @@
 
 import pytest
 
-from rl.evaluation import comparison_table, evaluation_table, flat_metrics, pass_at_k, summarize_eval
+from rl.evaluation import (
+    comparison_table,
+    evaluation_table,
+    flat_metrics,
+    pass_at_k,
+    summarize_eval,
+)
 from rl.wire import SampleMeta
 
 
