@@ -148,6 +148,27 @@ class TaskSource:
                 split[name] = kept
         self.order = {name: [] for name in self.train}  # positions refer to the new lists
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where sampling stands: the random state, each distribution's remaining order, the curriculum."""
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "distributions": self.distributions,
+            "rng": [version, list(internal), gauss],
+            "order": {name: list(order) for name, order in self.order.items()},
+            "curriculum": self.curriculum.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["distributions"] != self.distributions:
+            raise SourceError(
+                f"the checkpoint was taken with distributions {state['distributions']}, this config has "
+                f"{self.distributions}; resume with the run's own env settings"
+            )
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order = {name: list(order) for name, order in state["order"].items()}
+        self.curriculum.load_state_dict(state["curriculum"])
+
     def next_task(self) -> Task:
         name = self.curriculum.choose(self.rng)
         if not self.order[name]:

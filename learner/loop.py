@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +20,7 @@ from transformers import AutoTokenizer
 from envs.source import TaskSource, reward_sets
 from learner.advantages import group_advantages
 from learner.batch import TrainSample, build_micro_batches
+from learner.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from learner.engine import (
     build_policy_engine,
     build_reference_model,
@@ -29,7 +31,7 @@ from learner.engine import (
 from learner.step import grpo_step
 from rewards.registry import accuracy_of
 from rl.config import Config, load_config
-from rl.coordinator import Coordinator, Trajectory, drop_stale
+from rl.coordinator import Coordinator, NoWorkersLeft, Trajectory, drop_stale
 from rl.curriculum import UniformCurriculum
 from rl.evaluation import (
     comparison_table,
@@ -47,7 +49,41 @@ log = logging.getLogger("learner")
 ROLLOUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def run(run_dir: Path, model_path: str) -> None:
+class StopRequested(Exception):
+    """Ctrl-C or SIGTERM: checkpoint and stop at the next safe point."""
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set a flag; outside a critical section they also interrupt at once.
+
+    The optimizer step and the weight publication are one critical section: a checkpoint taken
+    halfway through an optimizer step could not be resumed exactly, so a signal that arrives
+    there takes effect right after it.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.critical = False
+        signal.signal(signal.SIGINT, self.handle)
+        signal.signal(signal.SIGTERM, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        self.requested = True
+        if not self.critical:
+            raise StopRequested
+
+    def __enter__(self):
+        self.critical = True
+
+    def __exit__(self, *exc) -> None:
+        self.critical = False
+        if self.requested and exc[0] is None:
+            raise StopRequested
+
+
+def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
+    """Train; returns the process exit code (0, 130 after Ctrl-C/SIGTERM, 3 when every worker is gone)."""
+    stop = StopSignals()
     config = load_config(run_dir / "config.yaml")
     torch.set_num_threads(config.train.threads or os.cpu_count() or 1)
     torch.manual_seed(config.run.seed)
@@ -64,7 +100,7 @@ def run(run_dir: Path, model_path: str) -> None:
         weight_decay=config.train.weight_decay,
         betas=tuple(config.train.betas),
         warmup_steps=config.train.warmup_steps,
-        total_steps=max(1, config.train.steps),
+        total_steps=max(1, config.train.steps, config.train.warmup_steps),
         zero_stage=config.train.zero_stage,
         micro_batch_size=config.train.micro_batch_size,
         grad_accum_steps=batch_size // config.train.micro_batch_size,
@@ -77,29 +113,52 @@ def run(run_dir: Path, model_path: str) -> None:
     pad_id = pad_token_id(model_path)
     rollout_dtype = ROLLOUT_DTYPES[resolve_rollout_dtype(config.rollout.dtype)]
     bucket_bytes = config.rollout.bucket_mb * 2**20
-    version = 0
+
+    # ---- resume: engine, sampling position and counters as they were after the checkpoint's step
+    done_step, version, wandb_id = 0, 0, None
+    if resume:
+        checkpoint = find_checkpoint(run_dir)
+        state = load_checkpoint(engine, checkpoint)
+        done_step, version, wandb_id = state["step"], state["policy_version"], state.get("wandb_id")
+        source.load_state_dict(state["source"])
+        truncate_metrics(run_dir / "metrics.jsonl", done_step)
+        print(f"[rl] resumed from {checkpoint} (step {done_step}, policy version {version})", flush=True)
+    source_before_step = source.state_dict()  # what a checkpoint of the last finished step records
 
     def current_weights():
         return version, iter_publish_tensors(engine, rollout_dtype, bucket_bytes)
 
-    endpoint = LearnerEndpoint(config.transport.host, config.transport.port)
-    coordinator = Coordinator(endpoint, lambda wid: welcome(config, model_path, run_dir, wid), current_weights)
-    (run_dir / "learner_address").write_text(endpoint.address)
-    log.info("learner listening on %s", endpoint.address)
-    coordinator.wait_for_workers(
-        config.transport.wait_for_workers or max(1, config.rollout.num_workers), config.transport.worker_wait_s
+    endpoint = LearnerEndpoint(config.transport.host, config.transport.port, curve_keys=config.transport.curve_keys,
+                               allow_insecure=config.transport.allow_insecure_network)
+    coordinator = Coordinator(
+        endpoint, lambda wid: welcome(config, model_path, run_dir, wid), current_weights,
+        heartbeat_timeout_s=config.transport.heartbeat_timeout_s, no_workers_wait_s=config.transport.no_workers_wait_s,
     )
+    (run_dir / "learner_address").write_text(endpoint.address)
+    log.info("learner listening on %s (%s)", endpoint.address, endpoint.security_description)
 
-    monitor = Monitor(config, run_dir, config.train.steps)
+    monitor = Monitor(config, run_dir, config.train.steps, initial_step=done_step, wandb_id=wandb_id)
+    audit = (run_dir / "trained_samples.jsonl").open("a")
+
+    def checkpoint_now(step: int, source_state: dict) -> None:
+        state = {"policy_version": version, "source": source_state, "wandb_id": monitor.wandb_id}
+        save_checkpoint(engine, run_dir, step, state, model_path, config.checkpoint.keep_last)
+
     try:
-        before = evaluate(coordinator, source, config, version, run_dir / "eval_before.json") if config.eval.before else None
+        coordinator.wait_for_workers(
+            config.transport.wait_for_workers or max(1, config.rollout.num_workers), config.transport.worker_wait_s
+        )
+        before = None
+        if config.eval.before and done_step == 0:
+            before = evaluate(coordinator, source, config, version, run_dir / "eval_before.json")
 
         # ---- the loop
-        for step in range(1, config.train.steps + 1):
+        for step in range(done_step + 1, config.train.steps + 1):
             step_start = time.perf_counter()
+            source_before_step = source.state_dict()
             tasks = source.next_tasks(config.rollout.prompts_per_step)
             rollout_start = time.perf_counter()
-            trajectories = coordinator.run_tasks(tasks, training_sampling(config), "train", min_version=version)
+            trajectories = coordinator.run_tasks(tasks, training_sampling(config, step), "train", min_version=version)
             rollout_seconds = time.perf_counter() - rollout_start
             trajectories, dropped = drop_stale(trajectories, version, config.rollout.max_staleness)
             samples = with_advantages(trajectories, config.train.adv_eps)
@@ -107,16 +166,21 @@ def run(run_dir: Path, model_path: str) -> None:
                 source.curriculum.observe(name, values)
 
             micro_batches = build_micro_batches(samples, config.train.micro_batch_size, pad_id)
-            train_metrics = grpo_step(
-                engine,
-                micro_batches,
-                clip_eps=config.train.clip_eps,
-                kl_coef=config.train.kl_coef,
-                temperature=config.rollout.temperature or 1.0,
-                ref_model=ref_model,
-            )
-            version += 1
-            sync = coordinator.publish(version, iter_publish_tensors(engine, rollout_dtype, bucket_bytes))
+            with stop:  # the optimizer step and the publication of its weights happen together or not at all
+                train_metrics = grpo_step(
+                    engine,
+                    micro_batches,
+                    clip_eps=config.train.clip_eps,
+                    kl_coef=config.train.kl_coef,
+                    temperature=config.rollout.temperature or 1.0,
+                    ref_model=ref_model,
+                )
+                version += 1
+                audit.write(json.dumps({"step": step, "sample_ids": [t.meta.sample_id for t in trajectories],
+                                        "task_ids": [t.meta.task_id for t in trajectories]}) + "\n")
+                audit.flush()
+                sync = coordinator.publish(version, iter_publish_tensors(engine, rollout_dtype, bucket_bytes))
+                source_before_step = source.state_dict()  # this step is done: a checkpoint now starts the next one
             coordinator.wait_for_acks(version, timeout_s=600)
 
             metrics = {
@@ -127,14 +191,22 @@ def run(run_dir: Path, model_path: str) -> None:
                 "weight_sync/send_seconds": sync.send_seconds,
                 "weight_sync/worker_load_seconds": max(sync.load_seconds.values(), default=0.0),
                 "rollout/dropped_stale": dropped,
+                "workers/alive": len(coordinator.workers),
+                "workers/lost": len(coordinator.lost),
+                "workers/reassigned_requests": coordinator.reassigned_requests,
+                "wire/rejected": sum(endpoint.rejected.values()),
                 "time/step_seconds": time.perf_counter() - step_start,
             }
+            for event in coordinator.drain_events():
+                print(f"[rl] step {step}: {event}; its prompts went to the other workers", flush=True)
             if config.eval.every and step % config.eval.every == 0 and step < config.train.steps:
                 result = evaluate(coordinator, source, config, version, run_dir / "eval" / f"step-{step:06d}.json")
                 metrics.update(flat_metrics(result))
                 print(evaluation_table(result, f"held-out evaluation at step {step}"), flush=True)
             monitor.log(step, metrics)
             monitor.advance(metrics)
+            if config.checkpoint.every and (step % config.checkpoint.every == 0 or step == config.train.steps):
+                checkpoint_now(step, source.state_dict())
 
         after = evaluate(coordinator, source, config, version, run_dir / "eval_after.json") if config.eval.after else None
         if after:
@@ -145,19 +217,46 @@ def run(run_dir: Path, model_path: str) -> None:
         final_dir = run_dir / "final"
         save_hf(engine, model_path, str(final_dir))
         print(f"[rl] saved the trained policy to {final_dir}", flush=True)
+        return 0
+    except StopRequested:
+        finished = version  # every finished step published one version
+        print(f"\n[rl] stopping: saving a checkpoint of step {finished}", flush=True)
+        if finished > 0:
+            checkpoint_now(finished, source_before_step)
+            print(f"[rl] resume with: rl train --resume {run_dir}", flush=True)
+        return 130
+    except NoWorkersLeft as err:
+        finished = version
+        print(f"[rl] error: {err}", flush=True)
+        if finished > 0:
+            checkpoint_now(finished, source_before_step)
+            print(f"[rl] saved a checkpoint of step {finished}; start workers and resume with: rl train --resume {run_dir}", flush=True)
+        return 3
     finally:
+        stop.critical = True  # no second interrupt while closing
+        audit.close()
         coordinator.shutdown("training finished")
         monitor.close()
         endpoint.close()
 
 
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines of steps after the checkpoint: the resumed run writes them again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 # ------------------------------------------------------------------ pieces of a step
 
 
-def training_sampling(config: Config) -> SamplingParams:
+def training_sampling(config: Config, step: int) -> SamplingParams:
+    """Seeded per step, so a resumed run samples what the uninterrupted run would have."""
     r = config.rollout
     return SamplingParams(
-        n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens, seed=None
+        n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens,
+        seed=(config.run.seed * 1_000_003 + step * 7_919) % 2**31,
     )
 
 
@@ -248,6 +347,8 @@ def welcome(config: Config, model_path: str, run_dir: Path, worker_id: int) -> W
         reward_modules=config.reward_modules,
         seed=config.run.seed,
         run_dir=str(run_dir),
+        heartbeat_interval_s=config.transport.heartbeat_interval_s,
+        learner_timeout_s=config.transport.learner_timeout_s,
     )
 
 

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from learner.loop import run
@@ -11,9 +12,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--model-path", required=True)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN/checkpoints")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    run(args.run_dir, args.model_path)
+    sys.exit(run(args.run_dir, args.model_path, resume=args.resume))
 
 
 if __name__ == "__main__":

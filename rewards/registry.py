@@ -21,6 +21,7 @@ import difflib
 import importlib
 import importlib.util
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,12 +135,21 @@ class Component:
 
 
 def as_value(value: Any, name: str) -> float | dict[str, float]:
-    """A reward's return value: a float, or a dict of named floats (summed into the component)."""
+    """A reward's return value: a float, or a dict of named floats (summed into the component).
+
+    NaN or infinity is an error (scored `on_error`): it would poison every advantage of its group.
+    """
     if isinstance(value, dict):
-        return {str(k): float(v) for k, v in value.items()}
+        return {str(k): finite(float(v), f"{name}.{k}") for k, v in value.items()}
     if isinstance(value, (int, float)) and not isinstance(value, bool) or hasattr(value, "__float__"):
-        return float(value)
+        return finite(float(value), name)
     raise TypeError(f"reward {name!r} returned {type(value).__name__}; return a float or a dict of named floats")
+
+
+def finite(value: float, name: str) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"reward {name!r} returned {value}; rewards must be finite numbers")
+    return value
 
 
 def expand(name: str, value: float | dict[str, float]) -> dict[str, float]:

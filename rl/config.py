@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rl.security import is_loopback
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -175,6 +177,36 @@ class TransportConfig(Section):
     wait_for_workers: int | None = Field(
         None, ge=1, description="Workers to wait for before the first step; default rollout.num_workers (at least 1)."
     )
+    heartbeat_interval_s: float = Field(1.0, gt=0, le=60, description="How often a worker tells the learner it is alive.")
+    heartbeat_timeout_s: float = Field(
+        30.0, gt=0, description="A worker silent this long is dropped; its prompts go to the other workers."
+    )
+    learner_timeout_s: float = Field(60.0, gt=0, description="A worker whose learner has been gone this long exits.")
+    no_workers_wait_s: float = Field(
+        300.0, gt=0, description="With every worker gone, how long the learner waits for one to join before it checkpoints and stops."
+    )
+    curve_keys: str | None = Field(
+        None, description="Folder made by `rl keys`; encrypts and authenticates every connection (ZeroMQ CURVE)."
+    )
+    allow_insecure_network: bool = Field(
+        False, description="Allow a non-loopback `host` without curve_keys: no encryption, anyone who reaches the port can join."
+    )
+
+    @model_validator(mode="after")
+    def _check_network(self) -> TransportConfig:
+        if not is_loopback(self.host) and not self.curve_keys and not self.allow_insecure_network:
+            raise ValueError(
+                f"transport.host={self.host!r} is not a loopback address, so anyone who can reach the port could join "
+                "the run, read the weights and send samples; either make keys with `rl keys DIR` and set "
+                "transport.curve_keys=DIR (encrypts and authenticates every connection), or set "
+                "transport.allow_insecure_network=true (a trusted network only: nothing is encrypted)"
+            )
+        return self
+
+
+class CheckpointConfig(Section):
+    every: int = Field(0, ge=0, description="Save a checkpoint every this many steps and at the last step (0: only on Ctrl-C or SIGTERM).")
+    keep_last: int = Field(2, ge=1, description="How many checkpoints to keep; older ones are deleted.")
 
 
 class LoggingConfig(Section):
@@ -202,6 +234,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

@@ -10,13 +10,16 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import zmq
 
 from rl.transport import LearnerEndpoint
 from rl.wire import (
+    Heartbeat,
     Hello,
     SampleMeta,
     Samples,
@@ -35,10 +38,6 @@ log = logging.getLogger("learner")
 
 # A publication: buckets of (HF name, contiguous CPU tensor) in the rollout dtype.
 Buckets = Iterable[list[tuple[str, "object"]]]
-
-
-class WorkerDied(RuntimeError):
-    pass
 
 
 @dataclass
@@ -62,6 +61,7 @@ class WorkerInfo:
     name: str
     version: int = -1
     joined_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -73,20 +73,41 @@ class SyncStats:
     load_seconds: dict[int, float] = field(default_factory=dict)  # worker id -> time inside its engine
 
 
+@dataclass
+class Request:
+    """Tasks sent to one worker; re-sent under a new id to another worker if that one is lost."""
+
+    tasks: list[Task]
+    sampling: SamplingParams
+    position: int  # order of this chunk among the call's chunks
+    identity: bytes
+
+
+class NoWorkersLeft(RuntimeError):
+    """Every rollout worker is gone and none joined within transport.no_workers_wait_s."""
+
+
 class Coordinator:
     def __init__(
         self,
         endpoint: LearnerEndpoint,
         make_welcome: Callable[[int], Welcome],
         current_weights: Callable[[], tuple[int, Buckets]],
+        heartbeat_timeout_s: float = 30.0,
+        no_workers_wait_s: float = 300.0,
     ):
         self.endpoint = endpoint
         self.make_welcome = make_welcome
         self.current_weights = current_weights
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.no_workers_wait_s = no_workers_wait_s
         self.workers: dict[bytes, WorkerInfo] = {}
+        self.lost: dict[int, str] = {}  # worker id -> why it was dropped
         self.next_worker_id = itertools.count()
         self.next_request_id = itertools.count()
         self.last_sync: SyncStats | None = None
+        self.reassigned_requests = 0
+        self.lost_events: list[str] = []  # drained into the step's metrics and log
 
     # ------------------------------------------------------------ membership
 
@@ -101,28 +122,43 @@ class Coordinator:
             self.pump(timeout_ms=500)
 
     def pump(self, timeout_ms: int) -> tuple[bytes, object, list] | None:
-        """Receive one message; membership and acks are handled here, the rest is returned."""
+        """Receive one message; membership, heartbeats and acks are handled here, the rest is returned."""
         received = self.endpoint.receive(timeout_ms)
         if received is None:
             return None
         identity, message, payload = received
+        if isinstance(message, Heartbeat):
+            worker = self.by_id(message.worker_id)
+            if worker is not None:
+                worker.last_seen = time.monotonic()
+            return None
         if isinstance(message, Hello):
             self.register(identity, message)
             return None
+        worker = self.workers.get(identity)
+        if worker is None:
+            log.debug("ignored a %s message from an unknown or dropped peer", message.kind)
+            return None
+        worker.last_seen = time.monotonic()
         if isinstance(message, WeightsLoaded):
             self.record_ack(identity, message)
             return None
         if isinstance(message, WorkerFailed):
-            raise WorkerDied(f"rollout worker {message.worker_id} failed: {message.error}")
-        if identity not in self.workers:
-            log.warning("ignored a %s message from an unregistered peer", message.kind)
+            self.drop(worker, f"it reported a failure: {message.error}")
             return None
         return identity, message, payload
 
+    def by_id(self, worker_id: int) -> WorkerInfo | None:
+        return next((w for w in self.workers.values() if w.worker_id == worker_id), None)
+
     def register(self, identity: bytes, hello: Hello) -> None:
+        if identity in self.workers:
+            log.warning("worker %s said hello twice; ignored", hello.worker_name)
+            return
         worker = WorkerInfo(next(self.next_worker_id), identity, hello.worker_name)
         self.workers[identity] = worker
-        self.endpoint.send(identity, self.make_welcome(worker.worker_id))
+        if not self.send(worker, self.make_welcome(worker.worker_id)):
+            return
         version, buckets = self.current_weights()
         if version > 0:
             self.send_weights(version, buckets, [worker])
@@ -131,12 +167,65 @@ class Coordinator:
             worker.version = 0
         log.info("rollout worker %d joined (%s); %d connected", worker.worker_id, hello.worker_name, len(self.workers))
 
+    def drop(self, worker: WorkerInfo, reason: str) -> None:
+        """Forget a worker (dead, silent or failed); its unfinished requests are re-sent by run_tasks."""
+        if self.workers.pop(worker.identity, None) is None:
+            return
+        self.lost[worker.worker_id] = reason
+        message = f"rollout worker {worker.worker_id} ({worker.name}) lost: {reason}; {len(self.workers)} left"
+        self.lost_events.append(message)
+        log.warning("%s", message)
+        try:  # if it is merely stuck, tell it to stop rather than come back with stale work
+            self.endpoint.send(worker.identity, Shutdown(reason=f"dropped by the learner: {reason}"))
+        except zmq.ZMQError:
+            pass
+
+    def check_liveness(self) -> None:
+        """Drop workers silent for longer than the heartbeat timeout.
+
+        Judged only when no message is waiting: after a long learner step the heartbeats that
+        queued meanwhile must be read before anyone is declared silent.
+        """
+        if self.endpoint.has_pending():
+            return
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            silent = now - worker.last_seen
+            if silent > self.heartbeat_timeout_s:
+                self.drop(worker, f"no heartbeat for {silent:.0f} s")
+
+    def send(self, worker: WorkerInfo, message, frames: list = (), track: bool = False) -> bool:
+        """Send to one worker; a worker whose connection is gone is dropped (returns False)."""
+        try:
+            self.endpoint.send(worker.identity, message, frames, track=track)
+            return True
+        except zmq.ZMQError as err:  # ROUTER_MANDATORY: the peer's connection is gone
+            self.drop(worker, f"its connection is gone ({err})")
+            return False
+
     def record_ack(self, identity: bytes, ack: WeightsLoaded) -> None:
         if identity in self.workers:
             self.workers[identity].version = ack.version
         if self.last_sync is not None and ack.version == self.last_sync.version:
             self.last_sync.acked[ack.worker_id] = time.perf_counter() - self.last_sync.started
             self.last_sync.load_seconds[ack.worker_id] = ack.load_seconds
+
+    def wait_for_any_worker(self) -> None:
+        """With no worker left, wait (visibly) for one to join, up to no_workers_wait_s."""
+        log.warning(
+            "every rollout worker is gone; waiting up to %.0f s for one to join: rl rollout --connect %s",
+            self.no_workers_wait_s, self.endpoint.address,
+        )
+        print(f"[rl] every rollout worker is gone; waiting up to {self.no_workers_wait_s:.0f} s for one to join "
+              f"(rl rollout --connect {self.endpoint.address})", flush=True)
+        deadline = time.monotonic() + self.no_workers_wait_s
+        while not self.workers:
+            if time.monotonic() > deadline:
+                raise NoWorkersLeft(
+                    f"every rollout worker is gone and none joined within {self.no_workers_wait_s:.0f} s "
+                    f"(lost: {'; '.join(f'worker {k}: {v}' for k, v in self.lost.items())})"
+                )
+            self.pump(timeout_ms=500)
 
     # ------------------------------------------------------------ weights
 
@@ -155,49 +244,83 @@ class Coordinator:
             frames = [tensor_bytes(t) for _, t in bucket]
             message = Weights(version=version, bucket=index, num_buckets=len(buckets), tensors=metas)
             for worker in workers:
-                self.endpoint.send(worker.identity, message, frames, track=True)
+                if worker.identity in self.workers:
+                    self.send(worker, message, frames, track=True)
 
     def wait_for_acks(self, version: int, timeout_s: float) -> None:
+        """Until every live worker holds `version`; silent workers are dropped meanwhile."""
         deadline = time.monotonic() + timeout_s
         while any(w.version < version for w in self.workers.values()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers did not confirm weights version {version} within {timeout_s:.0f} s")
             self.pump(timeout_ms=200)
+            self.check_liveness()
 
     # ------------------------------------------------------------ tasks
 
     def run_tasks(
         self, tasks: list[Task], sampling: SamplingParams, purpose: str, min_version: int, timeout_s: float = 3600
     ) -> list[Trajectory]:
-        """Split `tasks` across the workers, wait for every sample, return them in task order."""
+        """Split `tasks` across the workers, wait for every sample, return them in task order.
+
+        A chunk's sampling seed depends on its position in `tasks`, not on the worker, so the
+        samples are the same however the work is split or re-sent. If a worker is lost, its
+        unfinished chunks go to the others under new request ids; a late answer to an old id is
+        ignored, so no sample is ever returned twice.
+        """
         if not self.workers:
-            raise WorkerDied("no rollout worker is connected")
-        workers = list(self.workers.values())
-        pending: dict[int, int] = {}
-        for index, chunk in enumerate(split_evenly(tasks, len(workers))):
-            if not chunk:
-                continue
-            request_id = next(self.next_request_id)
-            pending[request_id] = index
-            message = Tasks(request_id=request_id, purpose=purpose, min_version=min_version, sampling=sampling, tasks=chunk)
-            self.endpoint.send(workers[index].identity, message)
-        results: dict[int, list[Trajectory]] = {}
+            self.wait_for_any_worker()
+        active: dict[int, Request] = {}  # request id -> unanswered request
+        positions, start = 0, 0
+        for position, chunk in enumerate(split_evenly(tasks, len(self.workers))):
+            if chunk:
+                seeded = sampling if sampling.seed is None else sampling.model_copy(update={"seed": sampling.seed + start * sampling.n})
+                self._send_request(Request(chunk, seeded, position, b""), purpose, min_version, active)
+                positions += 1
+            start += len(chunk)
+        results: dict[int, list[Trajectory]] = {}  # chunk position -> its samples
         deadline = time.monotonic() + timeout_s
-        while len(results) < len(pending):
+        while len(results) < positions:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"rollout workers returned {len(results)} of {len(pending)} requests in {timeout_s:.0f} s")
+                raise TimeoutError(f"rollout workers returned {len(results)} of {positions} requests in {timeout_s:.0f} s")
             received = self.pump(timeout_ms=500)
-            if received is None:
-                continue
-            _, message, payload = received
-            if isinstance(message, Samples) and message.request_id in pending:
-                results[message.request_id] = unpack_samples(message, payload)
-        ordered = sorted(results, key=lambda rid: pending[rid])
-        return [t for rid in ordered for t in results[rid]]
+            if received is not None:
+                identity, message, payload = received
+                request = active.get(message.request_id) if isinstance(message, Samples) else None
+                if request is not None and request.identity == identity:
+                    results[request.position] = unpack_samples(message, payload)
+                    del active[message.request_id]
+            self.check_liveness()
+            for request_id, request in list(active.items()):
+                if request.identity not in self.workers:  # its worker was lost: send the chunk elsewhere
+                    del active[request_id]
+                    self._send_request(request, purpose, min_version, active)
+                    self.reassigned_requests += 1
+        return [t for position in sorted(results) for t in results[position]]
+
+    def _send_request(self, request: Request, purpose: str, min_version: int, active: dict[int, Request]) -> None:
+        """Send a chunk to the least-loaded live worker and record it in `active`."""
+        while True:
+            if not self.workers:
+                self.wait_for_any_worker()
+            load = Counter(r.identity for r in active.values())
+            identity = min(self.workers, key=lambda i: (load[i], self.workers[i].worker_id))
+            request_id = next(self.next_request_id)
+            message = Tasks(request_id=request_id, purpose=purpose, min_version=min_version, sampling=request.sampling, tasks=request.tasks)
+            if self.send(self.workers[identity], message):
+                active[request_id] = replace(request, identity=identity)
+                return
+
+    def drain_events(self) -> list[str]:
+        events, self.lost_events = self.lost_events, []
+        return events
 
     def shutdown(self, reason: str) -> None:
-        for worker in self.workers.values():
-            self.endpoint.send(worker.identity, Shutdown(reason=reason))
+        for worker in list(self.workers.values()):
+            try:
+                self.endpoint.send(worker.identity, Shutdown(reason=reason))
+            except zmq.ZMQError:
+                pass
 
 
 def split_evenly(items: list, parts: int) -> Iterator[list]:

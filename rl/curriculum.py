@@ -17,6 +17,10 @@ class Curriculum(Protocol):
 
     def weights(self) -> dict[str, float]: ...
 
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class UniformCurriculum:
     def __init__(self, distributions: list[str]):
@@ -30,3 +34,9 @@ class UniformCurriculum:
 
     def weights(self) -> dict[str, float]:
         return {name: 1.0 / len(self.distributions) for name in self.distributions}
+
+    def state_dict(self) -> dict:
+        return {"kind": "uniform"}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: uniform sampling has no memory."""

@@ -21,6 +21,8 @@ from rewards.registry import build_reward
 from rl.config import Config, to_yaml
 from rl.models import resolve_model
 
+LEARNER_CHECKPOINT_GRACE_S = 600.0  # writing a checkpoint of a large model takes a while
+
 
 def set_parent_death_signal() -> None:
     if sys.platform.startswith("linux"):
@@ -79,7 +81,8 @@ def interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def train(config: Config) -> int:
+def train(config: Config, resume_dir: Path | None = None) -> int:
+    """Start a run (or continue `resume_dir` from its newest checkpoint) and supervise it."""
     # Installed explicitly: a launcher started in the background inherits SIGINT as ignored, and
     # SIGTERM (from a scheduler or `kill`) deserves the same orderly stop as Ctrl-C.
     signal.signal(signal.SIGINT, interrupt)
@@ -89,19 +92,33 @@ def train(config: Config) -> int:
     for specs in reward_sets(config).values():
         build_reward(specs, config.reward_modules)
     model_path = resolve_model(config.model)  # a missing model fails before any process starts
-    run_dir = make_run_dir(config)
-    (run_dir / "config.yaml").write_text(to_yaml(config))
-    print(f"[rl] run folder: {run_dir}", flush=True)
+    if resume_dir is None:
+        run_dir = make_run_dir(config)
+        print(f"[rl] run folder: {run_dir}", flush=True)
+    else:
+        from learner.checkpoint import find_checkpoint
 
-    learner = spawn([sys.executable, "-m", "learner.main", "--run-dir", str(run_dir), "--model-path", str(model_path)])
+        run_dir = resume_dir.resolve()
+        checkpoint = find_checkpoint(run_dir)  # fails here if there is none
+        print(f"[rl] resuming {run_dir} from {checkpoint.name}", flush=True)
+        (run_dir / "learner_address").unlink(missing_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(config))
+
+    learner_args = [sys.executable, "-m", "learner.main", "--run-dir", str(run_dir), "--model-path", str(model_path)]
+    learner = spawn(learner_args + (["--resume"] if resume_dir is not None else []))
     processes = [learner]
     try:
         address = wait_for_address(run_dir / "learner_address", learner)
         for i in range(config.rollout.num_workers):
-            processes.append(spawn([sys.executable, "-m", "rollout.main", "--connect", address, "--name", f"local-{i}"]))
+            command = [sys.executable, "-m", "rollout.main", "--connect", address, "--name", f"local-{i}"]
+            if config.transport.curve_keys:
+                command += ["--keys", str(Path(config.transport.curve_keys).expanduser().resolve())]
+            processes.append(spawn(command))
         return supervise(learner, processes)
     except KeyboardInterrupt:
-        print("\n[rl] interrupted: stopping the learner and the workers", flush=True)
+        print("\n[rl] interrupted: the learner saves a checkpoint, then everything stops", flush=True)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the checkpoint short
+        stop([learner], grace_s=LEARNER_CHECKPOINT_GRACE_S)
         stop(processes)
         return 130
     finally:
@@ -120,7 +137,9 @@ def wait_for_address(path: Path, learner: subprocess.Popen, timeout_s: float = 9
 
 
 def supervise(learner: subprocess.Popen, processes: list[subprocess.Popen]) -> int:
-    """Wait for the learner; if any process dies first, stop everything and fail."""
+    """Wait for the learner. A worker that dies is reported; the learner hands its prompts to the
+    others (it notices through the missing heartbeats) and the run goes on."""
+    reported: set[int] = set()
     while True:
         if learner.poll() is not None:
             if learner.returncode != 0:
@@ -131,8 +150,9 @@ def supervise(learner: subprocess.Popen, processes: list[subprocess.Popen]) -> i
             while any(p.poll() is None for p in workers) and time.monotonic() < deadline:
                 time.sleep(0.2)
             return 0
-        for proc in processes[1:]:
-            if proc.poll() is not None and proc.returncode != 0:
-                print(f"[rl] a rollout worker (pid {proc.pid}) exited with code {proc.returncode}; stopping the run", flush=True)
-                return 1
+        for index, proc in enumerate(processes[1:]):
+            if proc.poll() is not None and proc.returncode != 0 and proc.pid not in reported:
+                reported.add(proc.pid)
+                print(f"[rl] rollout worker local-{index} (pid {proc.pid}) exited with code {proc.returncode}; "
+                      "the learner goes on with the others", flush=True)
         time.sleep(0.5)

@@ -18,12 +18,20 @@ from rl.config import Config
 
 
 class Monitor:
-    def __init__(self, config: Config, run_dir: Path, total_steps: int):
+    def __init__(self, config: Config, run_dir: Path, total_steps: int, initial_step: int = 0, wandb_id: str | None = None):
         self.run_dir = run_dir
-        self.metrics_file = (run_dir / "metrics.jsonl").open("a")
-        self.history: list[dict[str, Any]] = []
-        self.wandb_run = start_wandb(config, run_dir)
-        self.progress = tqdm(total=total_steps, desc="train", unit="step", disable=not config.logging.progress, dynamic_ncols=True)
+        metrics_path = run_dir / "metrics.jsonl"
+        # a resumed run plots its earlier steps too
+        self.history: list[dict[str, Any]] = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
+            if metrics_path.is_file() else []
+        self.metrics_file = metrics_path.open("a")
+        self.wandb_run = start_wandb(config, run_dir, wandb_id)
+        self.progress = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
+                             disable=not config.logging.progress, dynamic_ncols=True)
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self.wandb_run.id if self.wandb_run is not None else None
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, "time": round(time.time(), 3), **metrics}
@@ -55,7 +63,7 @@ class Monitor:
                 print(f"[rl] W&B ran offline; upload with: wandb sync {run_path}", flush=True)
 
 
-def start_wandb(config: Config, run_dir: Path):
+def start_wandb(config: Config, run_dir: Path, run_id: str | None = None):
     mode = config.logging.wandb
     if mode == "disabled":
         return None
@@ -69,6 +77,8 @@ def start_wandb(config: Config, run_dir: Path):
         dir=str(run_dir),
         mode=mode,
         config=config.model_dump(mode="json"),
+        id=run_id,
+        resume="allow" if run_id else None,
         settings=wandb.Settings(console="off", silent=True),
     )
 

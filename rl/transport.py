@@ -19,21 +19,42 @@ from collections import Counter
 
 import zmq
 
+from rl.security import SecurityError, is_loopback, secure_client, secure_server
 from rl.wire import Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
+
+MAX_LEARNER_FRAME_BYTES = 256 * 2**20
 
 
 class LearnerEndpoint:
     """The learner's single bound socket. Peers are addressed by their ZeroMQ identity."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, curve_keys: str | None = None, allow_insecure: bool = False):
+        # Checked here as well as in the config: nothing binds a reachable port without keys or an explicit opt-in.
+        if not curve_keys and not allow_insecure and not is_loopback(host):
+            raise SecurityError(
+                f"refusing to bind {host} without encryption: set transport.curve_keys (see `rl keys`) "
+                "or transport.allow_insecure_network=true"
+            )
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # Workers send samples, never tensors: a frame this big is an attack or a bug; ZeroMQ drops that peer.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_LEARNER_FRAME_BYTES)
         self.socket.setsockopt(zmq.SNDHWM, 0)
         self.socket.setsockopt(zmq.RCVHWM, 0)
         self.socket.setsockopt(zmq.LINGER, 1000)
+        if curve_keys:
+            try:
+                self.security_description = secure_server(self.socket, curve_keys)
+            except Exception:
+                self.socket.close(linger=0)
+                raise
+        elif is_loopback(host):
+            self.security_description = "no encryption (loopback only)"
+        else:
+            self.security_description = "NO ENCRYPTION: allow_insecure_network is set, anyone who reaches this port can join"
         if port:
             self.socket.bind(f"tcp://{host}:{port}")
         else:
@@ -66,6 +87,10 @@ class LearnerEndpoint:
         identity, message, payload = received
         return identity, message, payload
 
+    def has_pending(self) -> bool:
+        """Whether a message is waiting to be read."""
+        return bool(self.socket.poll(0))
+
     def close(self) -> None:
         self.socket.close()
 
@@ -73,13 +98,20 @@ class LearnerEndpoint:
 class WorkerEndpoint:
     """A rollout worker's connection to the learner."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, curve_keys: str | None = None):
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.SNDHWM, 0)
         self.socket.setsockopt(zmq.RCVHWM, 0)
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.IDENTITY, f"w-{socket.gethostname()}-{os.getpid()}".encode())
+        self.security_description = "no encryption"
+        if curve_keys:  # a DIR made by `rl keys`, or DIR/NAME.key_secret for an extra worker key
+            try:
+                self.security_description = secure_client(self.socket, curve_keys)
+            except Exception:
+                self.socket.close(linger=0)
+                raise
         self.socket.connect(address)
         self.rejected: Counter[str] = Counter()
 
@@ -98,11 +130,14 @@ class WorkerEndpoint:
         self.socket.close()
 
 
-def receive_valid(sock: zmq.Socket, timeout_ms: int, rejected: Counter, has_identity: bool):
+def receive_valid(sock: zmq.Socket, timeout_ms: int, rejected: Counter, has_identity: bool, log_every: int = 100):
     """(identity or None, message, payload) of the next valid message, or None on timeout.
 
-    Malformed messages are counted in `rejected` by reason and skipped: a bad peer costs a log
-    line, never a crash.
+    Malformed messages are counted in `rejected` by a short fixed reason (`WireError.reason`, or
+    "no_identity" / "decode_error") and skipped: a bad peer never crashes the caller. The first of each
+    reason is logged at WARNING, then every `log_every`-th (the others at DEBUG), so a flood of garbage
+    cannot flood the log. A flood cannot hold the caller past its timeout either: after a rejected
+    message past the deadline, this returns None.
     """
     deadline = time.monotonic() + timeout_ms / 1000
     while True:
@@ -110,11 +145,29 @@ def receive_valid(sock: zmq.Socket, timeout_ms: int, rejected: Counter, has_iden
         if not sock.poll(remaining):
             return None
         parts = sock.recv_multipart(copy=False)
-        identity = parts[0].bytes if has_identity else None
+        identity = None
         try:
-            message, payload = decode([p.buffer for p in parts[1 if has_identity else 0 :]])
-        except WireError as err:
-            rejected[str(err).split(":")[0]] += 1
-            log.warning("dropped a malformed message from %r: %s", identity[:16] if identity else "the learner", err)
+            if has_identity:
+                if len(parts) < 2:  # a ROUTER prepends the identity: a lone frame is not a message
+                    raise WireError(f"message of {len(parts)} frame(s) without an identity and a header", "no_identity")
+                identity = parts[0].bytes
+                parts = parts[1:]
+            message, payload = decode([p.buffer for p in parts])
+        except Exception as err:  # WireError by design; anything else would be a bug in decode, still never a crash
+            reason = err.reason if isinstance(err, WireError) else "decode_error"
+            rejected[reason] += 1
+            count = rejected[reason]
+            level = logging.WARNING if count == 1 or count % max(1, log_every) == 0 else logging.DEBUG
+            if log.isEnabledFor(level):
+                source = repr(identity[:32]) if identity is not None else "the learner" if not has_identity else "a peer"
+                detail = str(err) if isinstance(err, WireError) else f"{type(err).__name__}: {err}"
+                log.log(
+                    level, "dropped malformed message #%d of reason %r (%d dropped in all) from %s: %.300s%s",
+                    count, reason, sum(rejected.values()), source, detail,
+                    "" if level == logging.DEBUG else f" (further ones logged every {log_every}th)" if count == 1 else "",
+                    exc_info=not isinstance(err, WireError),
+                )
+            if time.monotonic() >= deadline:
+                return None
             continue
         return identity, message, payload

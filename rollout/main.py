@@ -9,8 +9,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connect", required=True, help="the learner's address, tcp://HOST:PORT")
     parser.add_argument("--name", default=None, help="a name for this worker in the learner's log")
+    parser.add_argument("--keys", default=None, help="CURVE keys folder made by `rl keys` (or DIR/NAME.key_secret)")
     args = parser.parse_args()
-    worker_main(args.connect, args.name)
+    worker_main(args.connect, args.name, curve_keys=args.keys)
 
 
 if __name__ == "__main__":

@@ -28,20 +28,18 @@ from rl.wire import (
     Welcome,
     WorkerFailed,
 )
+from rollout.heartbeat import HeartbeatThread
 from rollout.sampling import sample_and_score
 
 log = logging.getLogger("rollout")
 
 
 class RolloutWorker:
-    def __init__(self, address: str, name: str | None = None, welcome_timeout_s: float = 600.0):
-        self.endpoint = WorkerEndpoint(address)
+    def __init__(self, address: str, name: str | None = None, welcome_timeout_s: float = 600.0, curve_keys: str | None = None):
+        self.endpoint = WorkerEndpoint(address, curve_keys=curve_keys)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.endpoint.send(Hello(worker_name=self.name, pid=os.getpid(), host=socket.gethostname()))
-        received = self.endpoint.receive(int(welcome_timeout_s * 1000))
-        if received is None or not isinstance(received[0], Welcome):
-            raise TimeoutError(f"no learner answered at {address} within {welcome_timeout_s:.0f} s; is `rl train` running there?")
-        welcome: Welcome = received[0]
+        welcome = self.wait_for_welcome(address, welcome_timeout_s)
         self.worker_id = welcome.worker_id
         self.config = RolloutConfig.model_validate(welcome.rollout)
         self.rewards = RewardPool(
@@ -49,6 +47,10 @@ class RolloutWorker:
         )
         self.run_dir = Path(welcome.run_dir)
         self.version = 0
+        self.heartbeat = HeartbeatThread(
+            address, self.worker_id, lambda: self.version, welcome.heartbeat_interval_s, welcome.learner_timeout_s, curve_keys
+        )
+        self.heartbeat.start()
         self.pending_buckets: list[tuple[Weights, list[memoryview]]] = []
         log.info("worker %d (%s) joined; loading %s", self.worker_id, self.name, welcome.model_path)
 
@@ -57,6 +59,8 @@ class RolloutWorker:
         from rollout.engine import RolloutEngine
 
         self.tokenizer = AutoTokenizer.from_pretrained(welcome.model_path)
+        self.parameter_shapes = hf_parameter_shapes(Path(welcome.model_path))
+        self.rejected_buckets = 0
         self.engine = RolloutEngine(
             welcome.model_path,
             dtype=self.config.dtype,
@@ -66,6 +70,28 @@ class RolloutWorker:
             enforce_eager=self.config.enforce_eager,
             cpu_threads=self.config.cpu_threads,
         )
+
+    def wait_for_welcome(self, address: str, timeout_s: float) -> Welcome:
+        """The learner's Welcome; fails fast when the learner refuses this worker's CURVE key."""
+        import zmq
+
+        refused = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        monitor = self.endpoint.socket.get_monitor_socket(refused)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                received = self.endpoint.receive(timeout_ms=500)
+                if received is not None and isinstance(received[0], Welcome):
+                    return received[0]
+                if monitor.poll(0):
+                    raise PermissionError(
+                        f"the learner at {address} refused this worker's connection (CURVE handshake failed): check --keys "
+                        "(the learner's server.key, and this worker's public key in the learner's authorized_workers/)"
+                    )
+        finally:
+            self.endpoint.socket.disable_monitor()
+            monitor.close(linger=0)
+        raise TimeoutError(f"no learner answered at {address} within {timeout_s:.0f} s; is `rl train` running there?")
 
     def run(self) -> None:
         try:
@@ -77,7 +103,9 @@ class RolloutWorker:
                 if isinstance(message, Weights):
                     self.load_bucket(message, payload)
                 elif isinstance(message, Tasks):
-                    self.endpoint.send(*self.generate(message))
+                    answer = self.generate(message)
+                    if answer is not None:
+                        self.endpoint.send(*answer)
                 elif isinstance(message, Shutdown):
                     log.info("worker %d: shutdown (%s)", self.worker_id, message.reason)
                     return
@@ -85,6 +113,7 @@ class RolloutWorker:
             self.endpoint.send(WorkerFailed(worker_id=self.worker_id, error=f"{type(err).__name__}: {err}"))
             raise
         finally:
+            self.heartbeat.stop()
             self.engine.close()
             self.rewards.close()
             self.endpoint.close()
@@ -96,6 +125,12 @@ class RolloutWorker:
         multi-threaded kernel repack fight that thread for the cores (measured on 2 cores: 0.57 s
         instead of 0.24 s per sync), so the transfer is left to finish first.
         """
+        problem = self.bucket_problem(message)
+        if problem:
+            self.rejected_buckets += 1
+            log.warning("worker %d: rejected weights (version %d, bucket %d): %s", self.worker_id, message.version, message.bucket, problem)
+            self.pending_buckets = []  # a version with a bad bucket is never loaded
+            return
         if message.bucket == 0:
             self.pending_buckets = []
         self.pending_buckets.append((message, payload))
@@ -123,9 +158,26 @@ class RolloutWorker:
             snapshot = self.engine.parameters_snapshot()
             save_file(snapshot, str(self.run_dir / f"worker-{self.worker_id}-weights.safetensors"), metadata={"version": str(self.version)})
 
-    def generate(self, request: Tasks) -> tuple[Samples, list[np.ndarray]]:
-        if self.version < request.min_version:
-            raise RuntimeError(f"asked for policy version {request.min_version} but holds {self.version}")
+    def bucket_problem(self, message: Weights) -> str | None:
+        """Why a weights bucket cannot be loaded (unknown names, wrong shapes, out of sequence), or None."""
+        expected_bucket = len(self.pending_buckets) if message.bucket else 0
+        if message.bucket != expected_bucket or (self.pending_buckets and self.pending_buckets[0][0].version != message.version):
+            return f"out of sequence (expected bucket {expected_bucket} of the version in progress)"
+        if message.version <= self.version:
+            return f"version {message.version} is not newer than the loaded {self.version}"
+        for meta in message.tensors:
+            shape = self.parameter_shapes.get(meta.name)
+            if shape is None:
+                return f"unknown parameter {meta.name!r}"
+            if list(shape) != meta.shape:
+                return f"{meta.name} has shape {meta.shape}, the model's is {list(shape)}"
+        return None
+
+    def generate(self, request: Tasks) -> tuple[Samples, list[np.ndarray]] | None:
+        if self.version < request.min_version:  # the learner sends weights first; only a confused peer gets here
+            log.warning("worker %d: request %d needs policy version %d but it holds %d; ignored",
+                        self.worker_id, request.request_id, request.min_version, self.version)
+            return None
         batch = sample_and_score(
             self.engine, self.tokenizer, self.rewards, request.tasks, request.sampling,
             sample_prefix=f"w{self.worker_id}-r{request.request_id}", policy_version=self.version, worker_id=self.worker_id,
@@ -134,6 +186,20 @@ class RolloutWorker:
         return header, batch.frames()
 
 
-def main(address: str, name: str | None = None) -> None:
+def hf_parameter_shapes(model_dir: Path) -> dict[str, list[int]]:
+    """Parameter name -> shape from the model's safetensors headers (no tensor is read)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, list[int]] = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                shapes[name] = list(handle.get_slice(name).get_shape())
+    if "lm_head.weight" not in shapes and "model.embed_tokens.weight" in shapes:  # tied embeddings
+        shapes["lm_head.weight"] = shapes["model.embed_tokens.weight"]
+    return shapes
+
+
+def main(address: str, name: str | None = None, curve_keys: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    RolloutWorker(address, name).run()
+    RolloutWorker(address, name, curve_keys=curve_keys).run()

@@ -37,3 +37,7 @@ def parts(completion, task):
 
 def wrong_type(completion, task):
     return "not a number"
+
+
+def not_a_number(completion: str, task) -> float:
+    return float("nan")

@@ -108,3 +108,9 @@ def test_each_task_is_scored_by_its_own_reward_set(pool_factory):
 def test_a_set_without_a_correctness_component_reports_no_accuracy(pool_factory):
     pool = pool_factory([{"name": "boxed_format", "weight": 1.0}], processes=1)
     assert pool.score(["\\boxed{3}"], [task_dict()], [{}])[0].correct is None
+
+
+def test_a_reward_that_returns_nan_scores_its_failure_value(pool_factory):
+    pool = pool_factory([{"name": f"{Path(__file__).parent / 'rewards_misbehaving.py'}:not_a_number", "on_error": -1.0}], processes=1)
+    (scored,) = pool.score(["x"], [task_dict()], [{}])
+    assert scored.components["not_a_number"] == -1.0 and scored.failed == ["not_a_number"]

@@ -1,0 +1,139 @@
+"""Checkpoints: everything needed to continue a run exactly, written atomically.
+
+    RUN/checkpoints/step-000004/
+        deepspeed/            policy, optimizer and LR-scheduler state, as DeepSpeed saves and reloads it
+        policy/               the policy as a Hugging Face folder (safetensors + config + tokenizer): `rl export`
+        rng.safetensors       torch random state
+        trainer_state.json    step, policy version, task-source and curriculum state, W&B run id
+
+A checkpoint is written to `.tmp-step-000004` and renamed when complete, so a crash mid-write
+never leaves a folder that looks complete; `latest_checkpoint` only considers renamed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger("learner")
+
+STATE_FILE = "trainer_state.json"
+DEEPSPEED_TAG = "deepspeed"
+POLICY_DIR = "policy"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was asked for; the message says where it looked."""
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first."""
+    root = checkpoint_root(run_dir)
+    found = []
+    for path in root.glob("step-*") if root.is_dir() else ():
+        suffix = path.name.removeprefix("step-")
+        if suffix.isdigit() and (path / STATE_FILE).is_file():
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def find_checkpoint(run_dir: Path, step: int | None = None) -> Path:
+    found = dict(complete_checkpoints(run_dir))
+    if not found:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint in {checkpoint_root(run_dir)}")
+    if step is None:
+        return found[max(found)]
+    if step not in found:
+        raise CheckpointError(f"{run_dir} has no checkpoint of step {step}; it has steps {sorted(found)}")
+    return found[step]
+
+
+def save_checkpoint(engine, run_dir: Path, step: int, state: dict[str, Any], tokenizer_dir: str, keep_last: int) -> Path:
+    """Write the checkpoint of `step` atomically and keep only the newest `keep_last`."""
+    from learner.engine import save_hf
+
+    root = checkpoint_root(run_dir)
+    final = root / step_dir_name(step)
+    if (final / STATE_FILE).is_file():
+        return final  # this step is already saved (e.g. a periodic save, then Ctrl-C)
+    start = time.perf_counter()
+    temporary = root / f".tmp-{step_dir_name(step)}"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir(parents=True)
+    engine.save_checkpoint(str(temporary), tag=DEEPSPEED_TAG)
+    save_hf(engine, tokenizer_dir, str(temporary / POLICY_DIR))
+    save_file(rng_tensors(), str(temporary / "rng.safetensors"))
+    (temporary / STATE_FILE).write_text(json.dumps({"step": step, **state}))
+    fsync_tree(temporary)
+    if final.exists():  # an incomplete folder from an older attempt
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    prune(run_dir, keep_last)
+    log.info("saved checkpoint %s in %.1f s", final, time.perf_counter() - start)
+    return final
+
+
+def load_checkpoint(engine, path: Path) -> dict[str, Any]:
+    """Restore the engine (weights, optimizer, scheduler) and torch's random state; return the trainer state."""
+    load_path, _ = engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+    if load_path is None:
+        raise CheckpointError(f"DeepSpeed could not load {path / DEEPSPEED_TAG}")
+    restore_rng(load_file(str(path / "rng.safetensors")))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    return tensors
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if "torch_cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["torch_cuda"])
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    for _, path in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file so that the rename below publishes data that is on disk."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def export_checkpoint(run_dir: Path, out_dir: Path, step: int | None = None) -> Path:
+    """Copy a checkpoint's Hugging Face folder to `out_dir`; returns the checkpoint used."""
+    path = find_checkpoint(run_dir, step)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise CheckpointError(f"{out_dir} exists and is not empty; choose a new folder")
+    shutil.copytree(path / POLICY_DIR, out_dir, dirs_exist_ok=True)
+    return path

@@ -1,0 +1,141 @@
+"""The learner's coordinator with fake workers on real sockets: liveness, re-sending, no duplicates."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from rl.coordinator import Coordinator, NoWorkersLeft
+from rl.transport import LearnerEndpoint
+from rl.wire import (
+    Heartbeat,
+    Hello,
+    SampleMeta,
+    Samples,
+    SamplingParams,
+    Task,
+    Tasks,
+    Welcome,
+    decode,
+    encode,
+)
+
+
+def tasks(count):
+    return [Task(task_id=f"t{i}", distribution="d", messages=[{"role": "user", "content": f"q{i}"}], answer="1") for i in range(count)]
+
+
+class FakeWorker(threading.Thread):
+    """Answers Tasks with one-token samples; `silent` stops answering and heartbeating (a frozen process)."""
+
+    def __init__(self, address, name, answer_delay=0.0):
+        super().__init__(daemon=True)
+        self.address, self.name, self.answer_delay = address, name, answer_delay
+        self.silent = threading.Event()
+        self.stopped = threading.Event()
+        self.requests: list[Tasks] = []
+        self.worker_id = None
+
+    def run(self):
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.address)
+        sock.send_multipart(encode(Hello(worker_name=self.name, pid=0, host="test")))
+        next_beat = 0.0
+        while not self.stopped.is_set():
+            if self.worker_id is not None and not self.silent.is_set() and time.monotonic() > next_beat:
+                sock.send_multipart(encode(Heartbeat(worker_id=self.worker_id, version=0)))
+                next_beat = time.monotonic() + 0.05
+            if not sock.poll(20):
+                continue
+            message, _ = decode(sock.recv_multipart())
+            if isinstance(message, Welcome):
+                self.worker_id = message.worker_id
+            elif isinstance(message, Tasks) and not self.silent.is_set():
+                self.requests.append(message)
+                time.sleep(self.answer_delay)
+                if self.silent.is_set():
+                    continue
+                metas = [
+                    SampleMeta(sample_id=f"w{self.worker_id}-r{message.request_id}-t{t}-s{s}", task_id=task.task_id,
+                               distribution="d", prompt_len=1, completion_len=1, reward=0.0, reward_components={},
+                               finish_reason="stop", policy_version=0, worker_id=self.worker_id, text="x")
+                    for t, task in enumerate(message.tasks) for s in range(message.sampling.n)
+                ]
+                frames = [np.ones(len(metas), np.int32), np.ones(len(metas), np.int32), np.zeros(len(metas), np.float32)]
+                sock.send_multipart(encode(Samples(request_id=message.request_id, purpose=message.purpose,
+                                                   worker_id=self.worker_id, samples=metas), frames))
+        sock.close()
+
+
+@pytest.fixture
+def coordinator():
+    endpoint = LearnerEndpoint("127.0.0.1", 0)
+    welcome = lambda wid: Welcome(worker_id=wid, model_path="m", rollout={}, reward_sets={}, seed=0, run_dir="r")
+    coord = Coordinator(endpoint, welcome, lambda: (0, []), heartbeat_timeout_s=0.5, no_workers_wait_s=1.0)
+    workers = []
+
+    def start(name, **kwargs):
+        worker = FakeWorker(endpoint.address, name, **kwargs)
+        worker.start()
+        workers.append(worker)
+        return worker
+
+    yield coord, start
+    for worker in workers:
+        worker.stopped.set()
+        worker.join(timeout=2)
+    endpoint.close()
+
+
+SAMPLING = SamplingParams(n=2, temperature=1.0, top_p=1.0, max_tokens=4, seed=100)
+
+
+def test_work_is_split_with_seeds_fixed_by_task_position(coordinator):
+    coord, start = coordinator
+    a, b = start("a"), start("b")
+    coord.wait_for_workers(2, timeout_s=5)
+    out = coord.run_tasks(tasks(5), SAMPLING, "train", min_version=0)
+    assert [t.meta.task_id for t in out] == [f"t{i}" for i in range(5) for _ in range(2)]
+    seeds = sorted(r.sampling.seed for w in (a, b) for r in w.requests)
+    assert seeds == [100, 100 + 3 * 2]  # chunks of 3 and 2 tasks: the second starts at task 3, n=2
+
+
+def test_a_silent_worker_is_dropped_and_its_tasks_go_elsewhere_without_duplicates(coordinator):
+    coord, start = coordinator
+    healthy, frozen = start("healthy"), start("frozen", answer_delay=0.3)
+    coord.wait_for_workers(2, timeout_s=5)
+    frozen.silent.set()  # stops heartbeats and will never answer its request
+    out = coord.run_tasks(tasks(6), SAMPLING, "train", min_version=0)
+    assert sorted(t.meta.task_id for t in out) == sorted(f"t{i}" for i in range(6) for _ in range(2))
+    assert len({t.meta.sample_id for t in out}) == len(out) == 12
+    assert coord.reassigned_requests == 1
+    assert list(coord.lost.values())[0].startswith("no heartbeat")
+    assert [w.name for w in coord.workers.values()] == ["healthy"]
+    assert any("lost" in event for event in coord.drain_events())
+    # the re-sent chunk kept its seed: samples do not depend on which worker made them
+    assert sorted(r.sampling.seed for r in healthy.requests) == [100, 106]
+
+
+def test_with_every_worker_gone_the_coordinator_waits_then_gives_up(coordinator):
+    coord, start = coordinator
+    worker = start("only")
+    coord.wait_for_workers(1, timeout_s=5)
+    worker.silent.set()
+    started = time.monotonic()
+    with pytest.raises(NoWorkersLeft, match="none joined within 1 s"):
+        coord.run_tasks(tasks(2), SAMPLING, "train", min_version=0)
+    assert 0.5 < time.monotonic() - started < 10
+
+
+def test_a_worker_that_joins_while_others_are_gone_takes_over(coordinator):
+    coord, start = coordinator
+    first = start("first")
+    coord.wait_for_workers(1, timeout_s=5)
+    first.silent.set()
+    threading.Timer(0.8, lambda: start("second")).start()
+    coord.no_workers_wait_s = 10
+    out = coord.run_tasks(tasks(3), SAMPLING, "train", min_version=0)
+    assert len(out) == 6 and {t.meta.worker_id for t in out} == {1}
