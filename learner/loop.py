@@ -144,6 +144,7 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
         state = {"policy_version": version, "source": source_state, "wandb_id": monitor.wandb_id}
         save_checkpoint(engine, run_dir, step, state, model_path, config.checkpoint.keep_last)
 
+    unlogged: tuple[int, dict] | None = None
     try:
         coordinator.wait_for_workers(
             config.transport.wait_for_workers or max(1, config.rollout.num_workers), config.transport.worker_wait_s
@@ -181,16 +182,16 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
                 audit.flush()
                 sync = coordinator.publish(version, iter_publish_tensors(engine, rollout_dtype, bucket_bytes))
                 source_before_step = source.state_dict()  # this step is done: a checkpoint now starts the next one
+                # written even if a stop comes before the line below is complete
+                unlogged = (step, {**rollout_metrics(trajectories, rollout_seconds, config), **train_metrics,
+                                   "policy_version": version, "rollout/dropped_stale": dropped})
             coordinator.wait_for_acks(version, timeout_s=600)
 
             metrics = {
-                **rollout_metrics(trajectories, rollout_seconds, config),
-                **train_metrics,
-                "policy_version": version,
+                **unlogged[1],
                 "weight_sync/seconds": max(sync.acked.values(), default=sync.send_seconds),
                 "weight_sync/send_seconds": sync.send_seconds,
                 "weight_sync/worker_load_seconds": max(sync.load_seconds.values(), default=0.0),
-                "rollout/dropped_stale": dropped,
                 "workers/alive": len(coordinator.workers),
                 "workers/lost": len(coordinator.lost),
                 "workers/reassigned_requests": coordinator.reassigned_requests,
@@ -205,6 +206,7 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
                 print(evaluation_table(result, f"held-out evaluation at step {step}"), flush=True)
             monitor.log(step, metrics)
             monitor.advance(metrics)
+            unlogged = None
             if config.checkpoint.every and (step % config.checkpoint.every == 0 or step == config.train.steps):
                 checkpoint_now(step, source.state_dict())
 
@@ -219,6 +221,8 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
         print(f"[rl] saved the trained policy to {final_dir}", flush=True)
         return 0
     except StopRequested:
+        if unlogged is not None:  # the step finished (and is in the checkpoint) but its metrics line was not written yet
+            monitor.log(*unlogged)
         finished = version  # every finished step published one version
         print(f"\n[rl] stopping: saving a checkpoint of step {finished}", flush=True)
         if finished > 0:
@@ -226,6 +230,8 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
             print(f"[rl] resume with: rl train --resume {run_dir}", flush=True)
         return 130
     except NoWorkersLeft as err:
+        if unlogged is not None:
+            monitor.log(*unlogged)
         finished = version
         print(f"[rl] error: {err}", flush=True)
         if finished > 0:

@@ -252,7 +252,10 @@ def test_remote_workers_exit_on_their_own_when_the_learner_dies(tmp_path, tiny_m
     joiner = subprocess.Popen([sys.executable, "-m", "rl.cli", "rollout", "--connect", address, "--name", "remote"], cwd=REPO,
                               stdout=(tmp_path / "joiner.log").open("w"), stderr=subprocess.STDOUT)
     try:
-        time.sleep(15)  # joined and holds the current weights
+        deadline = time.monotonic() + 120
+        while "joined (remote)" not in (tmp_path / "train.log").read_text():
+            assert time.monotonic() < deadline, "the remote worker never joined"
+            time.sleep(0.5)
         learners = [p for p in psutil.process_iter(["cmdline"]) if "learner.main" in " ".join(p.info["cmdline"] or [])
                     and str(run_dir) in " ".join(p.info["cmdline"])]
         assert len(learners) == 1
