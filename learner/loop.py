@@ -32,7 +32,7 @@ from learner.step import grpo_step
 from rewards.registry import accuracy_of
 from rl.config import Config, load_config
 from rl.coordinator import Coordinator, NoWorkersLeft, Trajectory, drop_stale
-from rl.curriculum import UniformCurriculum
+from rl.curriculum import make_curriculum
 from rl.evaluation import (
     comparison_table,
     evaluation_table,
@@ -89,7 +89,7 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
     torch.manual_seed(config.run.seed)
 
     # ---- set-up: data, engine, bus
-    source = TaskSource(config, UniformCurriculum)
+    source = TaskSource(config, lambda names: make_curriculum(config.curriculum_spec(), names))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     source.drop_overlong(lambda tasks: prompt_lengths(tokenizer, tasks), config.prompt_token_limit())
     init_distributed()
@@ -133,6 +133,7 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
     coordinator = Coordinator(
         endpoint, lambda wid: welcome(config, model_path, run_dir, wid), current_weights,
         heartbeat_timeout_s=config.transport.heartbeat_timeout_s, no_workers_wait_s=config.transport.no_workers_wait_s,
+        vocab_size=engine.module.config.vocab_size,
     )
     (run_dir / "learner_address").write_text(endpoint.address)
     log.info("learner listening on %s (%s)", endpoint.address, endpoint.security_description)
@@ -157,12 +158,15 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
         for step in range(done_step + 1, config.train.steps + 1):
             step_start = time.perf_counter()
             source_before_step = source.state_dict()
+            probabilities = source.curriculum.weights()  # what this step's prompts were drawn from
             tasks = source.next_tasks(config.rollout.prompts_per_step)
             rollout_start = time.perf_counter()
             trajectories = coordinator.run_tasks(tasks, training_sampling(config, step), "train", min_version=version)
             rollout_seconds = time.perf_counter() - rollout_start
             trajectories, dropped = drop_stale(trajectories, version, config.rollout.max_staleness)
             samples = with_advantages(trajectories, config.train.adv_eps)
+            # Each sample counts for the distribution that produced it, whatever its policy version;
+            # evaluation never gets here, so held-out results never steer the curriculum.
             for name, values in abs_advantages_by_distribution(trajectories, samples).items():
                 source.curriculum.observe(name, values)
 
@@ -178,12 +182,14 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
                 )
                 version += 1
                 audit.write(json.dumps({"step": step, "sample_ids": [t.meta.sample_id for t in trajectories],
-                                        "task_ids": [t.meta.task_id for t in trajectories]}) + "\n")
+                                        "task_ids": [t.meta.task_id for t in trajectories],
+                                        "policy_versions": [t.meta.policy_version for t in trajectories]}) + "\n")
                 audit.flush()
                 sync = coordinator.publish(version, iter_publish_tensors(engine, rollout_dtype, bucket_bytes))
                 source_before_step = source.state_dict()  # this step is done: a checkpoint now starts the next one
                 # written even if a stop comes before the line below is complete
                 unlogged = (step, {**rollout_metrics(trajectories, rollout_seconds, config), **train_metrics,
+                                   **curriculum_metrics(source.curriculum, probabilities, trajectories),
                                    "policy_version": version, "rollout/dropped_stale": dropped})
             coordinator.wait_for_acks(version, timeout_s=600)
 
@@ -292,6 +298,27 @@ def abs_advantages_by_distribution(trajectories: list[Trajectory], samples: list
     for t, s in zip(trajectories, samples):
         out[t.meta.distribution].append(abs(s.advantage))
     return out
+
+
+def curriculum_metrics(curriculum, probabilities: dict[str, float], trajectories: list[Trajectory]) -> dict[str, float]:
+    """Per distribution: the probability this step drew from, the window mean |A| and sample count after
+    observing it, the accuracy and number of this step's samples, and how stale they were."""
+    stats = curriculum.stats()
+    metrics: dict[str, float] = {}
+    for name, probability in probabilities.items():
+        metrics[f"curriculum/{name}/probability"] = probability
+        if "mean_abs_advantage" in stats[name]:  # the UCB curriculum's window; the baselines keep none
+            metrics[f"curriculum/{name}/mean_abs_advantage"] = stats[name]["mean_abs_advantage"]
+        metrics[f"curriculum/{name}/count"] = stats[name]["count"]
+        step_samples = [t.meta for t in trajectories if t.meta.distribution == name]
+        metrics[f"curriculum/{name}/step_samples"] = len(step_samples)
+        accuracy = accuracy_of(step_samples)
+        if accuracy is not None:
+            metrics[f"curriculum/{name}/step_accuracy"] = accuracy
+    if trajectories:
+        lags = [max(t.meta.policy_version for t in trajectories) - t.meta.policy_version for t in trajectories]
+        metrics["rollout/policy_version_lag_mean"] = sum(lags) / len(lags)
+    return metrics
 
 
 def rollout_metrics(trajectories: list[Trajectory], seconds: float, config: Config) -> dict[str, float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rl.security import is_loopback
 
@@ -204,6 +204,45 @@ class TransportConfig(Section):
         return self
 
 
+class UCBSettings(Section):
+    window: int = Field(300, ge=1, description="Recent samples whose |advantage| each distribution's score averages.")
+    c: float = Field(1.0, ge=0, description="Weight of the exploration bonus sqrt(2 ln(N+1) / (n_j+1)).")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature over the scores.")
+    initial_weights: dict[str, float] | None = Field(None, description="Sampling weights until every distribution has been observed.")
+
+
+class UCBCurriculumConfig(Section):
+    ucb: UCBSettings = Field(default_factory=UCBSettings)
+
+
+class StaticSettings(Section):
+    weights: dict[str, float] = Field(description="Fixed sampling weight per distribution (normalised).")
+
+
+class StaticCurriculumConfig(Section):
+    static: StaticSettings
+
+
+CurriculumConfig = Literal["uniform"] | UCBCurriculumConfig | StaticCurriculumConfig
+CURRICULUM_FORMS = "uniform, ucb, {ucb: {window, c, temperature, initial_weights}} or {static: {weights: {dist: w}}}"
+
+
+def parse_curriculum(value: Any) -> Any:
+    """The config's curriculum setting as a typed model; one clear message for any other shape."""
+    if value == "uniform" or isinstance(value, (UCBCurriculumConfig, StaticCurriculumConfig)):
+        return value
+    if value == "ucb":
+        return UCBCurriculumConfig()
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("ucb", "static"):
+        kind, settings = next(iter(value.items()))
+        model = UCBCurriculumConfig if kind == "ucb" else StaticCurriculumConfig
+        try:
+            return model.model_validate({kind: settings or {}} if kind == "ucb" else {kind: settings})
+        except ValidationError as err:
+            raise ValueError("; ".join(describe_error({**e, "loc": ("curriculum", *e["loc"])}) for e in err.errors())) from None
+    raise ValueError(f"curriculum must be {CURRICULUM_FORMS}; got {value!r}")
+
+
 class CheckpointConfig(Section):
     every: int = Field(0, ge=0, description="Save a checkpoint every this many steps and at the last step (0: only on Ctrl-C or SIGTERM).")
     keep_last: int = Field(2, ge=1, description="How many checkpoints to keep; older ones are deleted.")
@@ -235,6 +274,17 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    curriculum: CurriculumConfig = Field(
+        "uniform",
+        description="Which distribution each prompt comes from: uniform, ucb (DUMP: UCB over mean |advantage|, "
+        "or {ucb: {window, c, temperature, initial_weights}}), or {static: {weights: {dist: w}}}.",
+    )
+
+    _parse_curriculum = field_validator("curriculum", mode="before")(classmethod(lambda cls, value: parse_curriculum(value)))
+
+    def curriculum_spec(self) -> str | dict:
+        """The curriculum setting as plain data for rl.curriculum.make_curriculum."""
+        return self.curriculum if isinstance(self.curriculum, str) else self.curriculum.model_dump()
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

@@ -95,12 +95,14 @@ class Coordinator:
         current_weights: Callable[[], tuple[int, Buckets]],
         heartbeat_timeout_s: float = 30.0,
         no_workers_wait_s: float = 300.0,
+        vocab_size: int | None = None,
     ):
         self.endpoint = endpoint
         self.make_welcome = make_welcome
         self.current_weights = current_weights
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.no_workers_wait_s = no_workers_wait_s
+        self.vocab_size = vocab_size
         self.workers: dict[bytes, WorkerInfo] = {}
         self.lost: dict[int, str] = {}  # worker id -> why it was dropped
         self.next_worker_id = itertools.count()
@@ -288,8 +290,12 @@ class Coordinator:
                 identity, message, payload = received
                 request = active.get(message.request_id) if isinstance(message, Samples) else None
                 if request is not None and request.identity == identity:
-                    results[request.position] = unpack_samples(message, payload)
-                    del active[message.request_id]
+                    problem = samples_problem(message, payload, self.vocab_size)
+                    if problem:  # well-formed on the wire, unusable for training: the worker is not trusted again
+                        self.drop(self.workers[identity], f"it sent unusable samples ({problem})")
+                    else:
+                        results[request.position] = unpack_samples(message, payload)
+                        del active[message.request_id]
             self.check_liveness()
             for request_id, request in list(active.items()):
                 if request.identity not in self.workers:  # its worker was lost: send the chunk elsewhere
@@ -339,6 +345,17 @@ def tensor_bytes(tensor) -> memoryview:
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.view(torch.int16)
     return memoryview(tensor.detach().contiguous().numpy()).cast("B")
+
+
+def samples_problem(message: Samples, payload: list[memoryview], vocab_size: int | None) -> str | None:
+    """Why samples cannot be trained on (token ids outside the vocabulary, non-finite logprobs), or None."""
+    for name, frame in (("prompt", payload[0]), ("completion", payload[1])):
+        ids = np.frombuffer(frame, dtype=np.int32)
+        if vocab_size is not None and ids.size and int(ids.max()) >= vocab_size:
+            return f"{name} token id {int(ids.max())} >= vocabulary size {vocab_size}"
+    if not np.isfinite(np.frombuffer(payload[2], dtype=np.float32)).all():
+        return "non-finite logprobs"
+    return None
 
 
 def unpack_samples(message: Samples, payload: list[memoryview]) -> list[Trajectory]:

@@ -55,6 +55,7 @@ class Monitor:
         self.progress.close()
         self.metrics_file.close()
         plot_curves(self.history, self.run_dir / "curves.png")
+        plot_curriculum(self.history, self.run_dir / "curriculum.png")
         if self.wandb_run is not None:
             offline = self.wandb_run.settings.mode == "offline"
             run_path = Path(self.wandb_run.dir).parent
@@ -89,6 +90,34 @@ PLOTTED = [
     ("rollout/response_len_mean", "response length (tokens)"),
     ("train/kl", "KL to reference"),
 ]
+
+
+def plot_curriculum(history: list[dict[str, Any]], path: Path) -> None:
+    """Sampling probability of every distribution per step (left) and its window mean |A| (right),
+    so a user sees the curriculum move from easy to hard distributions."""
+    names = sorted({key.split("/")[1] for record in history for key in record
+                    if key.startswith("curriculum/") and key.endswith("/probability")})
+    if not names:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name in names:
+        for ax, metric in ((left, "probability"), (right, "mean_abs_advantage")):
+            points = [(r["step"], r[f"curriculum/{name}/{metric}"]) for r in history if f"curriculum/{name}/{metric}" in r]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=2, label=name)
+    left.set_title("sampling probability")
+    right.set_title("mean |advantage| (window)")
+    for ax in (left, right):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:

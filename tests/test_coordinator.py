@@ -139,3 +139,16 @@ def test_a_worker_that_joins_while_others_are_gone_takes_over(coordinator):
     coord.no_workers_wait_s = 10
     out = coord.run_tasks(tasks(3), SAMPLING, "train", min_version=0)
     assert len(out) == 6 and {t.meta.worker_id for t in out} == {1}
+
+
+def test_samples_with_token_ids_outside_the_vocabulary_or_nan_logprobs_are_refused():
+    from rl.coordinator import samples_problem
+
+    meta = SampleMeta(sample_id="w0-r0-t0-s0", task_id="t", distribution="d", prompt_len=2, completion_len=2, reward=0.0,
+                      reward_components={}, finish_reason="stop", policy_version=0, worker_id=0, text="x")
+    message = Samples(request_id=0, purpose="train", worker_id=0, samples=[meta])
+    frames = lambda prompt, completion, logprobs: [memoryview(np.asarray(a, dtype)) for a, dtype in
+                                                   ((prompt, np.int32), (completion, np.int32), (logprobs, np.float32))]
+    assert samples_problem(message, frames([1, 2], [3, 99], [0.0, -1.0]), vocab_size=100) is None
+    assert "token id 100 >= vocabulary size 100" in samples_problem(message, frames([1, 2], [3, 100], [0.0, -1.0]), 100)
+    assert "non-finite" in samples_problem(message, frames([1, 2], [3, 4], [float("nan"), -1.0]), 100)

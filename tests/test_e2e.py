@@ -36,6 +36,8 @@ def write_config(tmp_path: Path, model_dir: Path, **extra) -> Path:
     ]
     if "eval_every" in extra:
         lines.append(f"eval: {{every: {extra['eval_every']}}}")
+    if "curriculum" in extra:
+        lines.append(f"curriculum: {extra['curriculum']}")
     if extra.get("no_eval"):
         lines.append("eval: {before: false, after: false}")
     transport = {"heartbeat_timeout_s": 5, "learner_timeout_s": 5, "no_workers_wait_s": 5}
@@ -129,6 +131,9 @@ def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
     assert after["kk_3p"]["tasks"] == 2 and after["kk_3p"]["reward_mean"] <= 2.0 + 0.5  # the K&K set's scale, not boxed_answer's
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "eval/kk_3p/accuracy" in records[0] and "eval/kk_3p/accuracy" not in records[1]  # step 2 is the final eval
+    assert records[0]["curriculum/kk_3p/probability"] == records[0]["curriculum/add_1d/probability"] == 0.5  # uniform
+    assert sum(r["curriculum/kk_3p/step_samples"] + r["curriculum/add_1d/step_samples"] for r in records) == 2 * 2 * 2
+    assert (run_dir / "curriculum.png").is_file()
     kk_keys = {k for r in records for k in r if k.startswith("reward/kk_3p/")}
     assert not kk_keys or kk_keys <= {"reward/kk_3p/knights_knaves", "reward/kk_3p/format", "reward/kk_3p/raises"}
     assert "wandb sync" in result.stdout
@@ -281,8 +286,9 @@ def test_resume_sees_the_same_tasks_and_ends_with_the_same_weights(tmp_path, tin
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return run_dir_of(folder)
 
-    straight = train(tmp_path / "straight", steps=4)
-    halves = train(tmp_path / "halves", steps=2, checkpoint_every=2)
+    # the UCB curriculum: its windows and counts must come back too, or step 3 draws other distributions
+    straight = train(tmp_path / "straight", steps=4, curriculum="ucb")
+    halves = train(tmp_path / "halves", steps=2, checkpoint_every=2, curriculum="ucb")
     resumed = subprocess.run([sys.executable, "-m", "rl.cli", "train", "--resume", str(halves), "train.steps=4"], cwd=REPO,
                              timeout=600, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -295,6 +301,10 @@ def test_resume_sees_the_same_tasks_and_ends_with_the_same_weights(tmp_path, tin
     assert [m["step"] for m in metrics(halves)] == [1, 2, 3, 4]
     for a, b in zip(metrics(straight), metrics(halves)):
         assert a["rollout/reward_mean"] == pytest.approx(b["rollout/reward_mean"], abs=1e-6)
+        for name in ("add_1d", "add_2d"):
+            assert a[f"curriculum/{name}/probability"] == pytest.approx(b[f"curriculum/{name}/probability"], abs=1e-9)
+            assert a[f"curriculum/{name}/count"] == b[f"curriculum/{name}/count"]
+    assert (halves / "curriculum.png").is_file()
     first = load_file(str(straight / "final" / "model.safetensors"))
     second = load_file(str(halves / "final" / "model.safetensors"))
     for name, tensor in first.items():
