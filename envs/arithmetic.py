@@ -11,6 +11,7 @@ import random
 import re
 
 from envs.prompts import PromptStyle
+from envs.splits import held_out_first
 from rl.wire import ChatMessage, Task
 
 DEFAULT_DISTRIBUTIONS = ["add_1d", "add_2d"]
@@ -108,8 +109,5 @@ def build_splits(
     pairs = draw_problems(name, train_size + test_size, seed)
     if len(pairs) <= test_size + few_shot:
         raise ValueError(f"distribution {name} has only {len(pairs)} distinct problems; lower env.test_size")
-    test_pairs, train_pairs = pairs[:test_size], pairs[test_size:]
-    shots = demonstrations(name, train_pairs[:few_shot], style)
-    test = [make_task(name, "test", i, a, b, style, shots) for i, (a, b) in enumerate(test_pairs)]
-    train = [make_task(name, "train", i, a, b, style, shots) for i, (a, b) in enumerate(train_pairs)]
-    return train, test
+    shots = demonstrations(name, pairs[test_size:test_size + few_shot], style)
+    return held_out_first(pairs, test_size, lambda split, i, pair: make_task(name, split, i, *pair, style, shots))

@@ -24,6 +24,7 @@ import random
 import re
 
 from envs.prompts import PromptStyle
+from envs.splits import held_out_first
 from rl.wire import Task
 
 MIN_NUMBERS, MAX_NUMBERS = 2, 6
@@ -183,6 +184,4 @@ def build_splits(
     if few_shot:
         raise ValueError("few_shot is not supported for countdown")
     problems = draw_problems(name, train_size + test_size, seed)
-    test = [make_task(name, "test", i, p, style) for i, p in enumerate(problems[:test_size])]
-    train = [make_task(name, "train", i, p, style) for i, p in enumerate(problems[test_size:])]
-    return train, test
+    return held_out_first(problems, test_size, lambda split, i, problem: make_task(name, split, i, problem, style))

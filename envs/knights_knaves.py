@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from envs.prompts import PromptStyle
+from envs.splits import held_out_first
 from rl.wire import Task
 
 MIN_PEOPLE, MAX_PEOPLE = 3, 14
@@ -369,6 +370,4 @@ def build_splits(
     if few_shot:
         raise ValueError("few_shot is not supported for knights_knaves")
     puzzles = draw_puzzles(name, train_size + test_size, seed)
-    test = [make_task(name, "test", i, p, style) for i, p in enumerate(puzzles[:test_size])]
-    train = [make_task(name, "train", i, p, style) for i, p in enumerate(puzzles[test_size:])]
-    return train, test
+    return held_out_first(puzzles, test_size, lambda split, i, puzzle: make_task(name, split, i, puzzle, style))

@@ -87,6 +87,16 @@ def check_sources(config: Config) -> None:
             raise SourceError(f"{source.label}: {err}") from err
 
 
+def check_run_inputs(config: Config) -> None:
+    """Everything `rl train` and `rl eval` check before any process or model starts: the sources,
+    and every reward set (names, parameters, signatures)."""
+    from rewards.registry import build_reward
+
+    check_sources(config)
+    for specs in reward_sets(config).values():
+        build_reward(specs, config.reward_modules)
+
+
 def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
     """(train, test) task lists per distribution of one source, tagged with its reward set."""
     config = source.config

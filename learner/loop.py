@@ -35,6 +35,7 @@ from rl.coordinator import Coordinator, NoWorkersLeft, Trajectory, drop_stale
 from rl.curriculum import make_curriculum
 from rl.evaluation import (
     comparison_table,
+    eval_sampling,
     evaluation_table,
     flat_metrics,
     summarize_eval,
@@ -157,7 +158,6 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
         # ---- the loop
         for step in range(done_step + 1, config.train.steps + 1):
             step_start = time.perf_counter()
-            source_before_step = source.state_dict()
             probabilities = source.curriculum.weights()  # what this step's prompts were drawn from
             tasks = source.next_tasks(config.rollout.prompts_per_step)
             rollout_start = time.perf_counter()
@@ -214,7 +214,7 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
             monitor.advance(metrics)
             unlogged = None
             if config.checkpoint.every and (step % config.checkpoint.every == 0 or step == config.train.steps):
-                checkpoint_now(step, source.state_dict())
+                checkpoint_now(step, source_before_step)
 
         after = evaluate(coordinator, source, config, version, run_dir / "eval_after.json") if config.eval.after else None
         if after:
@@ -316,7 +316,8 @@ def curriculum_metrics(curriculum, probabilities: dict[str, float], trajectories
         if accuracy is not None:
             metrics[f"curriculum/{name}/step_accuracy"] = accuracy
     if trajectories:
-        lags = [max(t.meta.policy_version for t in trajectories) - t.meta.policy_version for t in trajectories]
+        newest = max(t.meta.policy_version for t in trajectories)
+        lags = [newest - t.meta.policy_version for t in trajectories]
         metrics["rollout/policy_version_lag_mean"] = sum(lags) / len(lags)
     return metrics
 
@@ -361,14 +362,6 @@ def evaluate(coordinator: Coordinator, source: TaskSource, config: Config, versi
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return result
-
-
-def eval_sampling(config: Config) -> SamplingParams:
-    e = config.eval
-    return SamplingParams(
-        n=e.samples, temperature=e.temperature, top_p=e.top_p, max_tokens=e.max_new_tokens or config.rollout.max_new_tokens,
-        seed=config.run.seed if e.temperature > 0 else None,
-    )
 
 
 def welcome(config: Config, model_path: str, run_dir: Path, worker_id: int) -> Welcome:

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rl.security import is_loopback
 
@@ -280,7 +287,10 @@ class Config(Section):
         "or {ucb: {window, c, temperature, initial_weights}}), or {static: {weights: {dist: w}}}.",
     )
 
-    _parse_curriculum = field_validator("curriculum", mode="before")(classmethod(lambda cls, value: parse_curriculum(value)))
+    @field_validator("curriculum", mode="before")
+    @classmethod
+    def _parse_curriculum(cls, value: Any) -> Any:
+        return parse_curriculum(value)
 
     def curriculum_spec(self) -> str | dict:
         """The curriculum setting as plain data for rl.curriculum.make_curriculum."""
@@ -404,8 +414,7 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
 
 def describe_error(error: dict[str, Any]) -> str:
     # A discriminated union puts the tag in the location (env.sources.0.file.path); users never write it.
-    loc = [str(p) for i, p in enumerate(error["loc"]) if not (p in SOURCE_TYPES and i and error["loc"][i - 1] != "type"
-                                                                and isinstance(error["loc"][i - 1], int))]
+    loc = [str(p) for i, p in enumerate(error["loc"]) if not (p in SOURCE_TYPES and i and isinstance(error["loc"][i - 1], int))]
     path = ".".join(loc) or "(top level)"
     raw_loc = [str(p) for p in error["loc"]]
     kind = error["type"]

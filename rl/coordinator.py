@@ -218,8 +218,6 @@ class Coordinator:
             "every rollout worker is gone; waiting up to %.0f s for one to join: rl rollout --connect %s",
             self.no_workers_wait_s, self.endpoint.address,
         )
-        print(f"[rl] every rollout worker is gone; waiting up to {self.no_workers_wait_s:.0f} s for one to join "
-              f"(rl rollout --connect {self.endpoint.address})", flush=True)
         deadline = time.monotonic() + self.no_workers_wait_s
         while not self.workers:
             if time.monotonic() > deadline:

@@ -54,20 +54,15 @@ def run_eval(target: str, config_path: str | None, overrides: list[str], output:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from envs.source import TaskSource, check_sources, reward_sets
+    from envs.source import TaskSource, check_run_inputs, reward_sets
     from rewards.pool import RewardPool
-    from rewards.registry import build_reward
-    from rl.evaluation import evaluation_table, summarize_eval
+    from rl.evaluation import eval_sampling, evaluation_table, summarize_eval
     from rl.launcher import child_env
-    from rl.wire import SamplingParams
     from rollout.engine import RolloutEngine
     from rollout.sampling import prompt_lengths, sample_and_score
 
     config, model_path, run_dir = resolve_target(target, config_path, overrides)
-    check_sources(config)
-    sets = reward_sets(config)
-    for specs in sets.values():
-        build_reward(specs, config.reward_modules)
+    check_run_inputs(config)
     for key, value in child_env().items():
         os.environ.setdefault(key, value)
 
@@ -76,17 +71,13 @@ def run_eval(target: str, config_path: str | None, overrides: list[str], output:
     source = TaskSource(config)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     source.drop_overlong(lambda tasks: prompt_lengths(tokenizer, tasks), config.prompt_token_limit())
-    e = config.eval
-    sampling = SamplingParams(
-        n=e.samples, temperature=e.temperature, top_p=e.top_p, max_tokens=e.max_new_tokens or config.rollout.max_new_tokens,
-        seed=config.run.seed if e.temperature > 0 else None,
-    )
-    print(f"[rl] evaluating {model_path} ({sum(map(len, source.test.values()))} tasks x {e.samples} samples)", flush=True)
+    sampling = eval_sampling(config)
+    print(f"[rl] evaluating {model_path} ({sum(map(len, source.test.values()))} tasks x {sampling.n} samples)", flush=True)
     engine = RolloutEngine(
         str(model_path), dtype=config.rollout.dtype, seed=config.run.seed, max_model_len=config.rollout.max_model_len,
         kv_cache_gib=config.rollout.kv_cache_gib, enforce_eager=config.rollout.enforce_eager, cpu_threads=config.rollout.cpu_threads,
     )
-    rewards = RewardPool(sets, config.rollout.reward_processes, config.rollout.reward_timeout_s, modules=config.reward_modules)
+    rewards = RewardPool(reward_sets(config), config.rollout.reward_processes, config.rollout.reward_timeout_s, modules=config.reward_modules)
     metas = []
     try:
         tasks_total = sum(len(tasks) for tasks in source.test.values())
@@ -101,7 +92,7 @@ def run_eval(target: str, config_path: str | None, overrides: list[str], output:
     finally:
         engine.close()
         rewards.close()
-    result = summarize_eval(metas, e.samples)
+    result = summarize_eval(metas, sampling.n)
     result.update(model=str(model_path), run_dir=str(run_dir) if run_dir else None, seconds=time.perf_counter() - start)
     print(evaluation_table(result, f"held-out evaluation of {model_path.name}"), flush=True)
     path = Path(output) if output else default_output(config, model_path, run_dir)

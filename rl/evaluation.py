@@ -17,8 +17,19 @@ from rich.console import Console
 from rich.table import Table
 
 from rewards.registry import accuracy_of
+from rl.config import Config
+from rl.wire import SamplingParams
 
 OVERALL = "overall"
+
+
+def eval_sampling(config: Config) -> SamplingParams:
+    """How held-out tasks are sampled, in `rl train` and `rl eval` alike: k = eval.samples."""
+    e = config.eval
+    return SamplingParams(
+        n=e.samples, temperature=e.temperature, top_p=e.top_p, max_tokens=e.max_new_tokens or config.rollout.max_new_tokens,
+        seed=config.run.seed if e.temperature > 0 else None,
+    )
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -16,8 +16,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from envs.source import check_sources, reward_sets
-from rewards.registry import build_reward
+from envs.source import check_run_inputs
 from rl.config import Config, to_yaml
 from rl.models import resolve_model
 
@@ -88,9 +87,7 @@ def train(config: Config, resume_dir: Path | None = None) -> int:
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     # Bad rewards, distribution names and data files fail here, before any process starts.
-    check_sources(config)
-    for specs in reward_sets(config).values():
-        build_reward(specs, config.reward_modules)
+    check_run_inputs(config)
     model_path = resolve_model(config.model)  # a missing model fails before any process starts
     if resume_dir is None:
         run_dir = make_run_dir(config)
