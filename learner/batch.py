@@ -18,7 +18,9 @@ class TrainSample:
     prompt_ids: list[int]
     completion_ids: list[int]
     rollout_logprobs: list[float]  # vLLM's sampling logprob of each completion token
-    advantage: float
+    advantage: float  # the sequence's advantage (outcome estimators); 0 under GAE, which works per token
+    score: float = 0.0  # the sequence's reward, the last token's reward under GAE
+    in_loss: bool = True  # False: e.g. a truncated sample under overlong filtering, masked out of every loss
 
 
 @dataclass
@@ -28,6 +30,7 @@ class MicroBatch:
     loss_mask: Tensor  # (B, L-1) float, 1 where the predicted token is a completion token
     rollout_logprobs: Tensor  # (B, L-1) float, vLLM's logprobs in the same columns, 0 elsewhere
     advantages: Tensor  # (B,) float
+    scores: Tensor  # (B,) float, each sequence's reward
 
     @property
     def num_loss_tokens(self) -> int:
@@ -50,10 +53,11 @@ def collate(samples: list[TrainSample], pad_id: int) -> MicroBatch:
         p, c = len(s.prompt_ids), len(s.completion_ids)
         input_ids[i, : p + c] = torch.tensor(s.prompt_ids + s.completion_ids, dtype=torch.long)
         attention_mask[i, : p + c] = 1
-        loss_mask[i, p - 1 : p + c - 1] = 1.0  # column t predicts token t+1
+        loss_mask[i, p - 1 : p + c - 1] = 1.0 if s.in_loss else 0.0  # column t predicts token t+1
         rollout_logprobs[i, p - 1 : p + c - 1] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-    return MicroBatch(input_ids, attention_mask, loss_mask, rollout_logprobs, advantages)
+    scores = torch.tensor([s.score for s in samples], dtype=torch.float32)
+    return MicroBatch(input_ids, attention_mask, loss_mask, rollout_logprobs, advantages, scores)
 
 
 def build_micro_batches(samples: list[TrainSample], micro_batch_size: int, pad_id: int) -> list[MicroBatch]:

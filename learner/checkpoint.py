@@ -2,12 +2,15 @@
 
     RUN/checkpoints/step-000004/
         deepspeed/            policy, optimizer and LR-scheduler state, as DeepSpeed saves and reloads it
+        critic/               the same for PPO's critic (only with train.advantage: gae)
         policy/               the policy as a Hugging Face folder (safetensors + config + tokenizer): `rl export`
         rng.safetensors       torch random state
         trainer_state.json    step, policy version, task-source and curriculum state, W&B run id
 
 A checkpoint is written to `.tmp-step-000004` and renamed when complete, so a crash mid-write
-never leaves a folder that looks complete; `latest_checkpoint` only considers renamed ones.
+never leaves a folder that looks complete; `latest_checkpoint` only considers renamed ones. With
+several learner ranks the DeepSpeed saves are collective (each rank writes its partitions); rank 0
+alone writes the rest and renames.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ log = logging.getLogger("learner")
 
 STATE_FILE = "trainer_state.json"
 DEEPSPEED_TAG = "deepspeed"
+CRITIC_TAG = "critic"
 POLICY_DIR = "policy"
 
 
@@ -69,8 +73,11 @@ def find_checkpoint(run_dir: Path, step: int | None = None) -> Path:
     return found[step]
 
 
-def save_checkpoint(engine, run_dir: Path, step: int, state: dict[str, Any], tokenizer_dir: str, keep_last: int) -> Path:
-    """Write the checkpoint of `step` atomically and keep only the newest `keep_last`."""
+def save_checkpoint(
+    engine, run_dir: Path, step: int, state: dict[str, Any], tokenizer_dir: str, keep_last: int, critic=None
+) -> Path:
+    """Write the checkpoint of `step` atomically and keep only the newest `keep_last`. Collective over learner ranks."""
+    from learner.distributed import barrier, is_main
     from learner.engine import save_hf
 
     root = checkpoint_root(run_dir)
@@ -79,27 +86,39 @@ def save_checkpoint(engine, run_dir: Path, step: int, state: dict[str, Any], tok
         return final  # this step is already saved (e.g. a periodic save, then Ctrl-C)
     start = time.perf_counter()
     temporary = root / f".tmp-{step_dir_name(step)}"
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    temporary.mkdir(parents=True)
+    if is_main():
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        temporary.mkdir(parents=True)
+    barrier()
     engine.save_checkpoint(str(temporary), tag=DEEPSPEED_TAG)
+    if critic is not None:
+        critic.save_checkpoint(str(temporary), tag=CRITIC_TAG)
     save_hf(engine, tokenizer_dir, str(temporary / POLICY_DIR))
-    save_file(rng_tensors(), str(temporary / "rng.safetensors"))
-    (temporary / STATE_FILE).write_text(json.dumps({"step": step, **state}))
-    fsync_tree(temporary)
-    if final.exists():  # an incomplete folder from an older attempt
-        shutil.rmtree(final)
-    os.replace(temporary, final)
-    prune(run_dir, keep_last)
-    log.info("saved checkpoint %s in %.1f s", final, time.perf_counter() - start)
+    if is_main():
+        save_file(rng_tensors(), str(temporary / "rng.safetensors"))
+        (temporary / STATE_FILE).write_text(json.dumps({"step": step, **state}))
+        fsync_tree(temporary)
+        if final.exists():  # an incomplete folder from an older attempt
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        prune(run_dir, keep_last)
+        log.info("saved checkpoint %s in %.1f s", final, time.perf_counter() - start)
+    barrier()
     return final
 
 
-def load_checkpoint(engine, path: Path) -> dict[str, Any]:
-    """Restore the engine (weights, optimizer, scheduler) and torch's random state; return the trainer state."""
+def load_checkpoint(engine, path: Path, critic=None) -> dict[str, Any]:
+    """Restore the engines (weights, optimizer, scheduler) and torch's random state; return the trainer state."""
     load_path, _ = engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load {path / DEEPSPEED_TAG}")
+    if critic is not None:
+        if not (path / CRITIC_TAG).is_dir():
+            raise CheckpointError(f"{path} has no critic/ (saved by a run without a critic); resume with the run's own train.advantage")
+        load_path, _ = critic.load_checkpoint(str(path), tag=CRITIC_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed could not load {path / CRITIC_TAG}")
     restore_rng(load_file(str(path / "rng.safetensors")))
     return json.loads((path / STATE_FILE).read_text())
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def init_distributed() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     else:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    # Ranks other than 0 wait in a broadcast while rank 0 evaluates or waits for workers: allow hours, not minutes.
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=4))
 
 
 def warmup_constant_lr_factor(step: int, warmup_steps: int) -> float:
@@ -89,17 +91,38 @@ def build_policy_engine(
     accumulation boundary itself, so a step with fewer (dropped samples) still updates exactly once.
     `total_steps` only bounds `warmup_steps`: the LR is constant after warmup.
     """
+    check_dtype(dtype)
+    init_distributed()
+    deepspeed.runtime.utils.set_random_seed(seed)
+    model = load_hf_model(model_path, torch.float32)  # DeepSpeed casts to bf16 itself and keeps fp32 masters
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return wrap_in_deepspeed(
+        model, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps, total_steps=total_steps,
+        zero_stage=zero_stage, micro_batch_size=micro_batch_size, grad_accum_steps=grad_accum_steps, grad_clip=grad_clip,
+        dtype=dtype,
+    )
+
+
+def wrap_in_deepspeed(
+    model: torch.nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    warmup_steps: int,
+    total_steps: int,
+    zero_stage: int,
+    micro_batch_size: int,
+    grad_accum_steps: int,
+    grad_clip: float,
+    dtype: str,
+):
+    """A DeepSpeed engine with AdamW (no decay on 1-D parameters) and linear warmup, for any module."""
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
     if not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"warmup_steps ({warmup_steps}) must be between 0 and total_steps ({total_steps})")
-    check_dtype(dtype)
-    init_distributed()
-    deepspeed.runtime.utils.set_random_seed(seed)
-
-    model = load_hf_model(model_path, torch.float32)  # DeepSpeed casts to bf16 itself and keeps fp32 masters
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -140,27 +163,42 @@ def build_reference_model(model_path: str, dtype: str):
     return model
 
 
-def iter_publish_tensors(engine, dtype: torch.dtype, bucket_bytes: int) -> Iterator[list[tuple[str, Tensor]]]:
-    """Yield the policy's weights as buckets of (HF name, CPU contiguous tensor in `dtype`), ~bucket_bytes each.
+class Publication:
+    """The policy's weights as buckets of (HF name, CPU contiguous tensor in `dtype`), ~bucket_bytes each.
 
-    A tensor larger than `bucket_bytes` is a bucket of its own. Under ZeRO-3 every rank must run the
-    iteration in lockstep (each bucket is an all-gather) and the tensors are copies, because the
-    gathered parameters are freed again after each bucket. Otherwise a parameter already on CPU in
-    `dtype` is yielded as a detached view: do not modify it, and copy it if it must outlive the next
-    optimizer step.
+    Lazy and sized: len() is known from the parameters' metadata, and each bucket is gathered only
+    when the iteration reaches it, so a ZeRO-3 publication never holds more than one gathered
+    bucket (plus the one still on the wire). A tensor larger than `bucket_bytes` is a bucket of its
+    own. Under ZeRO-3 every rank must iterate in lockstep (each bucket is an all-gather) and the
+    tensors are copies, because the gathered parameters are partitioned again after each bucket.
+    Otherwise a parameter already on CPU in `dtype` is yielded as a detached view: do not modify
+    it, and copy it if it must outlive the next optimizer step.
     """
-    zero3 = engine.zero_optimization_partition_weights()
-    bucket: list[tuple[str, torch.nn.Parameter]] = []
-    size = 0
-    for name, param in engine.module.named_parameters():  # dedups tied weights: lm_head comes once, as the embedding
-        nbytes = (param.ds_numel if zero3 else param.numel()) * dtype.itemsize
-        if bucket and size + nbytes > bucket_bytes:
-            yield materialise_bucket(bucket, dtype, zero3)
-            bucket, size = [], 0
-        bucket.append((name, param))
-        size += nbytes
-    if bucket:
-        yield materialise_bucket(bucket, dtype, zero3)
+
+    def __init__(self, engine, dtype: torch.dtype, bucket_bytes: int):
+        self.dtype = dtype
+        self.zero3 = engine.zero_optimization_partition_weights()
+        self.plan: list[list[tuple[str, torch.nn.Parameter]]] = []
+        size = 0
+        for name, param in engine.module.named_parameters():  # dedups tied weights: lm_head comes once, as the embedding
+            nbytes = (param.ds_numel if self.zero3 else param.numel()) * dtype.itemsize
+            if not self.plan or (self.plan[-1] and size + nbytes > bucket_bytes):
+                self.plan.append([])
+                size = 0
+            self.plan[-1].append((name, param))
+            size += nbytes
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self) -> Iterator[list[tuple[str, Tensor]]]:
+        for bucket in self.plan:
+            yield materialise_bucket(bucket, self.dtype, self.zero3)
+
+
+def iter_publish_tensors(engine, dtype: torch.dtype, bucket_bytes: int) -> Publication:
+    """The policy's weights, bucketed for publication (see `Publication`)."""
+    return Publication(engine, dtype, bucket_bytes)
 
 
 def materialise_bucket(bucket: list[tuple[str, torch.nn.Parameter]], dtype: torch.dtype, zero3: bool) -> list[tuple[str, Tensor]]:

@@ -14,12 +14,15 @@ from torch import Tensor
 
 
 def token_logprobs(
-    model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0, first_position: int = 0
-) -> Tensor:
+    model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0, first_position: int = 0,
+    return_entropy: bool = False,
+):
     """Return (B, L-1): logprob of input_ids[:, t+1] given input_ids[:, :t+1], for a model or a DeepSpeed engine.
 
     Only columns t >= `first_position` are computed (the rest are 0): the LM head, a fifth of a
-    small model's FLOPs, then skips the prompt positions that no loss reads.
+    small model's FLOPs, then skips the prompt positions that no loss reads. With `return_entropy`
+    also the (B, L-1) entropy of each position's (tempered) next-token distribution, with grad,
+    from the same logits (one forward pass).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (greedy decoding has no logprobs to train on), got {temperature}")
@@ -34,4 +37,18 @@ def token_logprobs(
     targets = input_ids[:, first_position + 1 :].unsqueeze(-1)  # (B, T, 1)
     target_logits = torch.gather(logits, dim=-1, index=targets).squeeze(-1)  # (B, T)
     kept_logprobs = target_logits.float() - torch.logsumexp(logits.float(), dim=-1)  # (B, T)
-    return torch.nn.functional.pad(kept_logprobs, (first_position, 0))  # (B, L-1)
+    logprobs = torch.nn.functional.pad(kept_logprobs, (first_position, 0))  # (B, L-1)
+    if return_entropy:
+        return logprobs, torch.nn.functional.pad(token_entropy(logits), (first_position, 0))
+    return logprobs
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """Return (B, T) entropy of softmax(logits) for logits (B, T, V), in float32 and with grad.
+
+    H = -sum p log p = logsumexp(z) - sum softmax(z) * z, which needs no log_softmax tensor. Logits
+    must be finite (a -inf logit gives 0 * -inf = NaN) and already divided by the temperature.
+    """
+    logits = logits.float()  # (B, T, V)
+    probs = torch.softmax(logits, dim=-1)  # (B, T, V)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)  # (B, T)

@@ -119,6 +119,8 @@ class EnvConfig(Section):
 
 
 class RolloutConfig(Section):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
     num_workers: int = Field(1, ge=0, description="Rollout worker processes `rl train` starts (more can join with `rl rollout`).")
     prompts_per_step: int = Field(8, ge=1, description="Prompts (groups) per training step.")
     samples_per_prompt: int = Field(4, ge=2, description="Samples per prompt (GRPO group size n).")
@@ -133,6 +135,15 @@ class RolloutConfig(Section):
     enforce_eager: bool = Field(True, description="Skip graph compilation (faster start, slower decode).")
     cpu_threads: str | None = Field(None, description="Cores vLLM binds to on CPU, e.g. '0-1'; default all.")
     max_staleness: int = Field(1, ge=0, description="Drop trajectories more than this many policy versions old.")
+    async_: bool = Field(
+        False, alias="async",
+        description="Generate step t+1's samples while step t trains (needs max_staleness >= 1); the lag is corrected "
+        "with truncated importance sampling (train.tis_cap). false: strictly on-policy.",
+    )
+    backup_after: float | None = Field(
+        1.5, gt=1.0, description="Copy a straggler's chunk to an idle worker once it has run this many times the median "
+        "chunk time of the step (first answer wins; null: never)."
+    )
     bucket_mb: int = Field(64, ge=1, description="Weight-sync bucket size in MiB.")
     reward_processes: int = Field(2, ge=1, description="Processes each worker scores rewards in.")
     reward_timeout_s: float = Field(5.0, gt=0, description="Per-call reward timeout; past it the call scores on_error.")
@@ -149,13 +160,74 @@ class TrainConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps, then constant.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
     grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient norm to this.")
-    clip_eps: float = Field(0.2, gt=0, description="PPO/GRPO ratio clip range.")
-    kl_coef: float = Field(0.0, ge=0, description="k3 KL penalty to the reference model; 0 loads no reference model.")
+    algorithm: Literal["grpo", "dr_grpo", "dapo", "rloo", "ppo"] = Field(
+        "grpo", description="A preset for the settings below that are not given: grpo, dr_grpo (Dr. GRPO), dapo (DAPO), "
+        "rloo (REINFORCE leave-one-out), ppo (critic + GAE)."
+    )
+    advantage: Literal["grpo", "dr_grpo", "rloo", "gae"] | None = Field(
+        None, description="Advantage estimator: grpo (r - mean) / std per group, dr_grpo r - mean, rloo r - mean of the "
+        "others, gae (a critic, see `critic`); default from algorithm."
+    )
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] | None = Field(
+        None, description="How per-token losses become the batch loss: token_mean (DAPO), seq_mean_token_mean (GRPO paper), "
+        "seq_mean_token_sum_norm (Dr. GRPO: token sums / length_norm); default from algorithm (grpo: token_mean)."
+    )
+    length_norm: int | None = Field(None, ge=1, description="seq_mean_token_sum_norm's constant; default rollout.max_new_tokens.")
+    clip_eps: float = Field(0.2, gt=0, description="PPO/GRPO ratio clip range (both sides unless clip_eps_low/high are set).")
+    clip_eps_low: float | None = Field(None, gt=0, lt=1, description="Lower clip range: ratio >= 1 - clip_eps_low; default clip_eps.")
+    clip_eps_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO's clip-higher: 0.28); default clip_eps.")
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty to the reference model; 0 loads no reference model.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman 2020): k1 log-ratio, k2 squared, k3 unbiased and >= 0.")
+    kl_in: Literal["loss", "reward"] = Field(
+        "loss", description="loss: a KL term in the loss; reward: a per-token reward penalty (PPO-RLHF, advantage: gae only)."
+    )
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus: the loss subtracts entropy_coef x the mean token entropy.")
+    dynamic_sampling: bool | None = Field(
+        None, description="DAPO: drop groups whose rewards are all equal and sample more prompts until the batch is full."
+    )
+    dynamic_sampling_rounds: int = Field(4, ge=1, description="Most rounds of generation per step with dynamic_sampling; then train on what there is.")
+    overlong_filter: bool | None = Field(None, description="DAPO: truncated samples (no end of answer) take no part in the loss.")
+    tis_cap: float = Field(2.0, ge=1.0, description="rollout.async: cap of the truncated importance weight pi_learner / pi_sampler.")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per batch (PPO mini-batches); >1 makes the clipping bite.")
+    epochs: int = Field(1, ge=1, description="Passes over each batch (PPO epochs).")
     adv_eps: float = Field(1e-6, gt=0, description="Added to the group std in the advantage denominator.")
     zero_stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training dtype (float32 on CPU).")
     gradient_checkpointing: bool = Field(False)
     threads: int | None = Field(None, ge=1, description="torch threads of the learner; default all cores.")
+
+
+ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": {"advantage": "grpo", "loss_agg": "token_mean", "dynamic_sampling": False, "overlong_filter": False},
+    # Liu et al. 2025: no std normalisation, sums over tokens divided by a constant (no length bias)
+    "dr_grpo": {"advantage": "dr_grpo", "loss_agg": "seq_mean_token_sum_norm", "dynamic_sampling": False, "overlong_filter": False},
+    # Yu et al. 2025: clip-higher, token-level loss, dynamic sampling, overlong filtering, no KL
+    "dapo": {"advantage": "grpo", "loss_agg": "token_mean", "clip_eps_low": 0.2, "clip_eps_high": 0.28,
+             "dynamic_sampling": True, "overlong_filter": True},
+    "rloo": {"advantage": "rloo", "loss_agg": "token_mean", "dynamic_sampling": False, "overlong_filter": False},
+    "ppo": {"advantage": "gae", "loss_agg": "token_mean", "dynamic_sampling": False, "overlong_filter": False},
+}
+
+
+class CriticConfig(Section):
+    """The value model of PPO (train.advantage: gae), trained by its own DeepSpeed engine."""
+
+    model: str | None = Field(None, description="Model the critic starts from (a value head is added); default: the policy's model.")
+    lr: float = Field(1e-5, gt=0, description="Critic learning rate.")
+    warmup_steps: int = Field(0, ge=0)
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    value_clip: float | None = Field(0.2, gt=0, description="Clip range of the value update around the old value (null: none).")
+    whiten_advantages: bool = Field(True, description="Normalise GAE advantages over the batch's tokens.")
+
+
+class LearnerConfig(Section):
+    """How many DeepSpeed ranks train; rank 0 alone talks to the rollout workers."""
+
+    world_size: int = Field(1, ge=1, description="Learner ranks (GPUs, or processes on CPU); >1 starts them with DeepSpeed's launcher.")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile ('host slots=N' lines) for a learner over several nodes.")
+    master_port: int = Field(29500, ge=1, le=65535, description="Port of the learner ranks' process group.")
+    master_addr: str | None = Field(None, description="Rank 0's address as the other learner nodes reach it (hostfile runs).")
 
 
 class EvalConfig(Section):
@@ -281,11 +353,28 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
     curriculum: CurriculumConfig = Field(
         "uniform",
         description="Which distribution each prompt comes from: uniform, ucb (DUMP: UCB over mean |advantage|, "
         "or {ucb: {window, c, temperature, initial_weights}}), or {static: {weights: {dist: w}}}.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_algorithm_preset(cls, data: Any) -> Any:
+        """Fill the train settings a user left unset from train.algorithm's preset."""
+        if not isinstance(data, dict) or not isinstance(data.get("train", {}), dict):
+            return data
+        train = dict(data.get("train") or {})
+        preset = ALGORITHM_PRESETS.get(train.get("algorithm", "grpo"))
+        if preset is None:
+            return data  # the field validator names the valid algorithms
+        for key, value in preset.items():
+            if train.get(key) is None:
+                train[key] = value
+        return {**data, "train": train}
 
     @field_validator("curriculum", mode="before")
     @classmethod
@@ -318,6 +407,20 @@ class Config(Section):
                 f"rollout.max_model_len={self.rollout.max_model_len} leaves no room for prompts after "
                 f"{max(self.rollout.max_new_tokens, self.eval.max_new_tokens or 0)} new tokens; raise rollout.max_model_len"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_algorithm(self) -> Config:
+        t = self.train
+        if t.kl_in == "reward" and t.advantage != "gae" and t.kl_coef > 0:
+            raise ValueError("train.kl_in=reward shapes per-token rewards for GAE; use it with train.advantage=gae "
+                             "(train.algorithm=ppo), or set train.kl_in=loss")
+        if self.rollout.async_ and self.rollout.max_staleness < 1:
+            raise ValueError("rollout.async=true trains on samples one policy version old; set rollout.max_staleness >= 1")
+        batch = self.rollout.prompts_per_step * self.rollout.samples_per_prompt
+        if batch % (t.mini_batches * t.micro_batch_size):
+            raise ValueError(f"train.mini_batches x train.micro_batch_size = {t.mini_batches * t.micro_batch_size} must divide "
+                             f"the batch rollout.prompts_per_step x rollout.samples_per_prompt = {batch}")
         return self
 
     @model_validator(mode="after")
@@ -488,4 +591,4 @@ def model_types(annotation: Any):
 
 
 def to_yaml(config: Config) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
@@ -74,13 +73,44 @@ class SyncStats:
 
 
 @dataclass
-class Request:
-    """Tasks sent to one worker; re-sent under a new id to another worker if that one is lost."""
+class Chunk:
+    """Consecutive tasks of a job, sent to one worker as one request."""
 
+    position: int  # order among the job's chunks
     tasks: list[Task]
     sampling: SamplingParams
-    position: int  # order of this chunk among the call's chunks
+
+
+@dataclass
+class RolloutJob:
+    """Tasks handed to the workers by one submit(); collect() waits for all of them."""
+
+    purpose: str
+    min_version: int
+    chunks: list[Chunk] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # chunk positions not (or no longer) at any worker
+    results: dict[int, list[Trajectory]] = field(default_factory=dict)  # chunk position -> its samples
+    durations: list[float] = field(default_factory=list)  # seconds each answered chunk took
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) == len(self.chunks)
+
+    def trajectories(self) -> list[Trajectory]:
+        return [t for position in sorted(self.results) for t in self.results[position]]
+
+
+@dataclass
+class InFlight:
+    """A request the learner still wants an answer to."""
+
+    job: RolloutJob
+    position: int
     identity: bytes
+    sent_at: float
+
+
+BACKUP_MIN_SECONDS = 1.0  # never copy a chunk sooner: jitter between equal workers is not straggling
 
 
 class NoWorkersLeft(RuntimeError):
@@ -96,6 +126,8 @@ class Coordinator:
         heartbeat_timeout_s: float = 30.0,
         no_workers_wait_s: float = 300.0,
         vocab_size: int | None = None,
+        backup_after: float | None = 1.5,
+        publish_on_join: bool = True,
     ):
         self.endpoint = endpoint
         self.make_welcome = make_welcome
@@ -103,6 +135,12 @@ class Coordinator:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.no_workers_wait_s = no_workers_wait_s
         self.vocab_size = vocab_size
+        self.backup_after = backup_after  # None: never send backup copies of a straggler's chunk
+        # False when a publication is collective (several learner ranks): joiners then get the next one
+        self.publish_on_join = publish_on_join
+        self.inflight: dict[int, InFlight] = {}  # request id -> a request whose answer is wanted
+        self.outstanding: dict[int, bytes] = {}  # request id -> worker, until that worker answers (busy)
+        self.backup_requests = 0
         self.workers: dict[bytes, WorkerInfo] = {}
         self.lost: dict[int, str] = {}  # worker id -> why it was dropped
         self.next_worker_id = itertools.count()
@@ -148,6 +186,9 @@ class Coordinator:
         if isinstance(message, WorkerFailed):
             self.drop(worker, f"it reported a failure: {message.error}")
             return None
+        if isinstance(message, Samples):
+            self.handle_samples(identity, message, payload)
+            return None
         return identity, message, payload
 
     def by_id(self, worker_id: int) -> WorkerInfo | None:
@@ -162,17 +203,20 @@ class Coordinator:
         if not self.send(worker, self.make_welcome(worker.worker_id)):
             return
         version, buckets = self.current_weights()
-        if version > 0:
+        if version == 0:
+            worker.version = 0  # it loads version 0 from disk
+        elif self.publish_on_join:
             self.send_weights(version, buckets, [worker])
-            self.endpoint.wait_sent()
-        else:
-            worker.version = 0
-        log.info("rollout worker %d joined (%s); %d connected", worker.worker_id, hello.worker_name, len(self.workers))
+        log.info("rollout worker %d joined (%s from %s); %d connected%s", worker.worker_id, hello.worker_name, hello.host,
+                 len(self.workers), "" if worker.version >= 0 or self.publish_on_join else "; it gets weights at the next step")
 
     def drop(self, worker: WorkerInfo, reason: str) -> None:
         """Forget a worker (dead, silent or failed); its unfinished requests are re-sent by run_tasks."""
         if self.workers.pop(worker.identity, None) is None:
             return
+        for request_id, owner in list(self.outstanding.items()):
+            if owner == worker.identity:
+                del self.outstanding[request_id]
         self.lost[worker.worker_id] = reason
         message = f"rollout worker {worker.worker_id} ({worker.name}) lost: {reason}; {len(self.workers)} left"
         self.lost_events.append(message)
@@ -233,19 +277,26 @@ class Coordinator:
         """Stream every bucket to every worker; returns once ZeroMQ has released the buffers."""
         started = time.perf_counter()
         self.send_weights(version, buckets, list(self.workers.values()))
-        self.endpoint.wait_sent()
         self.last_sync = SyncStats(version, time.perf_counter() - started, started)
         return self.last_sync
 
     def send_weights(self, version: int, buckets: Buckets, workers: list[WorkerInfo]) -> None:
-        buckets = list(buckets) if not isinstance(buckets, list) else buckets
+        """Send bucket by bucket; at most two buckets are alive at once (the one on the wire and the next).
+
+        `buckets` must know its length (the bucket count goes in every header) and may be a lazy
+        sequence that gathers each bucket only when asked (ZeRO-3), so no full copy is ever built.
+        """
+        num_buckets = len(buckets)
         for index, bucket in enumerate(buckets):
             metas = [TensorMeta(name=name, dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape)) for name, t in bucket]
             frames = [tensor_bytes(t) for _, t in bucket]
-            message = Weights(version=version, bucket=index, num_buckets=len(buckets), tensors=metas)
+            message = Weights(version=version, bucket=index, num_buckets=num_buckets, tensors=metas)
+            previous = self.endpoint.take_trackers()
             for worker in workers:
                 if worker.identity in self.workers:
                     self.send(worker, message, frames, track=True)
+            self.endpoint.wait_trackers(previous)  # the bucket before this one may now be freed
+        self.endpoint.wait_sent()
 
     def wait_for_acks(self, version: int, timeout_s: float) -> None:
         """Until every live worker holds `version`; silent workers are dropped meanwhile."""
@@ -261,59 +312,121 @@ class Coordinator:
     def run_tasks(
         self, tasks: list[Task], sampling: SamplingParams, purpose: str, min_version: int, timeout_s: float = 3600
     ) -> list[Trajectory]:
-        """Split `tasks` across the workers, wait for every sample, return them in task order.
+        """Send `tasks` to the workers, wait for every sample, return them in task order."""
+        return self.collect(self.submit(tasks, sampling, purpose, min_version), timeout_s)
+
+    def submit(self, tasks: list[Task], sampling: SamplingParams, purpose: str, min_version: int) -> RolloutJob:
+        """Split `tasks` into one chunk per worker and send them; returns at once (collect() waits).
 
         A chunk's sampling seed depends on its position in `tasks`, not on the worker, so the
-        samples are the same however the work is split or re-sent. If a worker is lost, its
-        unfinished chunks go to the others under new request ids; a late answer to an old id is
-        ignored, so no sample is ever returned twice.
+        samples are the same however the work is split, re-sent or duplicated.
         """
         if not self.workers:
             self.wait_for_any_worker()
-        active: dict[int, Request] = {}  # request id -> unanswered request
-        positions, start = 0, 0
-        for position, chunk in enumerate(split_evenly(tasks, len(self.workers))):
+        job = RolloutJob(purpose=purpose, min_version=min_version)
+        start = 0
+        for chunk in split_evenly(tasks, max(1, len(self.ready_workers()))):
             if chunk:
                 seeded = sampling if sampling.seed is None else sampling.model_copy(update={"seed": sampling.seed + start * sampling.n})
-                self._send_request(Request(chunk, seeded, position, b""), purpose, min_version, active)
-                positions += 1
+                job.chunks.append(Chunk(len(job.chunks), chunk, seeded))
             start += len(chunk)
-        results: dict[int, list[Trajectory]] = {}  # chunk position -> its samples
-        deadline = time.monotonic() + timeout_s
-        while len(results) < positions:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rollout workers returned {len(results)} of {positions} requests in {timeout_s:.0f} s")
-            received = self.pump(timeout_ms=500)
-            if received is not None:
-                identity, message, payload = received
-                request = active.get(message.request_id) if isinstance(message, Samples) else None
-                if request is not None and request.identity == identity:
-                    problem = samples_problem(message, payload, self.vocab_size)
-                    if problem:  # well-formed on the wire, unusable for training: the worker is not trusted again
-                        self.drop(self.workers[identity], f"it sent unusable samples ({problem})")
-                    else:
-                        results[request.position] = unpack_samples(message, payload)
-                        del active[message.request_id]
-            self.check_liveness()
-            for request_id, request in list(active.items()):
-                if request.identity not in self.workers:  # its worker was lost: send the chunk elsewhere
-                    del active[request_id]
-                    self._send_request(request, purpose, min_version, active)
-                    self.reassigned_requests += 1
-        return [t for position in sorted(results) for t in results[position]]
+        job.pending = list(range(len(job.chunks)))
+        self.dispatch(job)
+        return job
 
-    def _send_request(self, request: Request, purpose: str, min_version: int, active: dict[int, Request]) -> None:
-        """Send a chunk to the least-loaded live worker and record it in `active`."""
-        while True:
-            if not self.workers:
-                self.wait_for_any_worker()
-            load = Counter(r.identity for r in active.values())
-            identity = min(self.workers, key=lambda i: (load[i], self.workers[i].worker_id))
-            request_id = next(self.next_request_id)
-            message = Tasks(request_id=request_id, purpose=purpose, min_version=min_version, sampling=request.sampling, tasks=request.tasks)
-            if self.send(self.workers[identity], message):
-                active[request_id] = replace(request, identity=identity)
+    def collect(self, job: RolloutJob, timeout_s: float = 3600) -> list[Trajectory]:
+        """Wait until every chunk of `job` has an answer; lost workers' chunks go elsewhere.
+
+        A straggler does not hold the step back: once a worker is idle and a chunk has run for
+        `backup_after` times the median time of the job's finished chunks, an identical copy (same
+        seed) goes to the idle worker and whichever answer comes first is used (a backup request,
+        as in MapReduce). A late answer to a request no longer wanted is ignored, so no sample is
+        ever returned twice.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not job.done:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rollout workers returned {len(job.results)} of {len(job.chunks)} requests in {timeout_s:.0f} s")
+            self.pump(timeout_ms=200)
+            self.check_liveness()
+            for request_id, request in list(self.inflight.items()):
+                if request.identity not in self.workers:  # its worker was lost: send the chunk elsewhere
+                    del self.inflight[request_id]
+                    if request.job is job and not self.copies_in_flight(job, request.position):
+                        job.pending.append(request.position)
+                        self.reassigned_requests += 1
+            self.dispatch(job)
+            self.send_backups(job)
+        return job.trajectories()
+
+    def ready_workers(self) -> list[WorkerInfo]:
+        """Workers that hold weights (a worker that joined mid-run may wait for the next publication)."""
+        return [w for w in self.workers.values() if w.version >= 0]
+
+    def load(self, identity: bytes) -> int:
+        return sum(1 for owner in self.outstanding.values() if owner == identity)
+
+    def copies_in_flight(self, job: RolloutJob, position: int) -> int:
+        return sum(1 for r in self.inflight.values() if r.job is job and r.position == position)
+
+    def dispatch(self, job: RolloutJob) -> None:
+        """Send the job's pending chunks, each to the least-loaded ready worker."""
+        while job.pending:
+            ready = self.ready_workers()
+            if not ready:
+                if not self.workers:
+                    self.wait_for_any_worker()
+                return  # joined workers get weights at the next publication; try again then
+            worker = min(ready, key=lambda w: (self.load(w.identity), w.worker_id))
+            if self.send_chunk(job, job.pending[0], worker):
+                job.pending.pop(0)
+
+    def send_chunk(self, job: RolloutJob, position: int, worker: WorkerInfo) -> bool:
+        chunk = job.chunks[position]
+        request_id = next(self.next_request_id)
+        message = Tasks(request_id=request_id, purpose=job.purpose, min_version=job.min_version, sampling=chunk.sampling, tasks=chunk.tasks)
+        if not self.send(worker, message):
+            return False
+        self.inflight[request_id] = InFlight(job, position, worker.identity, time.monotonic())
+        self.outstanding[request_id] = worker.identity
+        return True
+
+    def send_backups(self, job: RolloutJob) -> None:
+        if not job.durations or self.backup_after is None:
+            return
+        idle = [w for w in self.ready_workers() if self.load(w.identity) == 0]
+        if not idle:
+            return
+        patience = max(BACKUP_MIN_SECONDS, self.backup_after * float(np.median(job.durations)))
+        now = time.monotonic()
+        for request in list(self.inflight.values()):
+            if not idle:
                 return
+            straggling = request.job is job and now - request.sent_at > patience
+            if straggling and self.copies_in_flight(job, request.position) == 1 and self.send_chunk(job, request.position, idle.pop(0)):
+                self.backup_requests += 1
+
+    def handle_samples(self, identity: bytes, message: Samples, payload: list) -> None:
+        """File an answer under its job; answers nobody waits for any more (superseded, late) are dropped."""
+        if self.outstanding.get(message.request_id) != identity:
+            log.debug("ignored samples for request %d that worker never had", message.request_id)
+            return
+        del self.outstanding[message.request_id]
+        request = self.inflight.pop(message.request_id, None)
+        if request is None:
+            return  # a copy of this chunk answered first
+        job = request.job
+        problem = samples_problem(message, payload, self.vocab_size)
+        if problem:  # well-formed on the wire, unusable for training: the worker is not trusted again
+            self.drop(self.workers[identity], f"it sent unusable samples ({problem})")
+            if not self.copies_in_flight(job, request.position):
+                job.pending.append(request.position)
+            return
+        job.results[request.position] = unpack_samples(message, payload)
+        job.durations.append(time.monotonic() - request.sent_at)
+        for other_id, other in list(self.inflight.items()):  # the copy still running is no longer wanted
+            if other.job is job and other.position == request.position:
+                del self.inflight[other_id]
 
     def drain_events(self) -> list[str]:
         events, self.lost_events = self.lost_events, []

@@ -86,8 +86,15 @@ def train(config: Config, resume_dir: Path | None = None) -> int:
     # SIGTERM (from a scheduler or `kill`) deserves the same orderly stop as Ctrl-C.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    # Bad rewards, distribution names and data files fail here, before any process starts.
+    # Bad rewards, distribution names, data files and hostfiles fail here, before any process starts.
     check_run_inputs(config)
+    from learner.distributed import learner_command  # torch: not needed until here
+
+    learner_args = ["--run-dir", "RUN", "--model-path", "MODEL"]
+    try:
+        learner_command(learner_args, config.learner.world_size, config.learner.hostfile, config.learner.master_port, sys.executable)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"[rl] learner: {err}") from None
     model_path = resolve_model(config.model)  # a missing model fails before any process starts
     if resume_dir is None:
         run_dir = make_run_dir(config)
@@ -101,8 +108,10 @@ def train(config: Config, resume_dir: Path | None = None) -> int:
         (run_dir / "learner_address").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config))
 
-    learner_args = [sys.executable, "-m", "learner.main", "--run-dir", str(run_dir), "--model-path", str(model_path)]
-    learner = spawn(learner_args + (["--resume"] if resume_dir is not None else []))
+    learner_args = ["--run-dir", str(run_dir), "--model-path", str(model_path)] + (["--resume"] if resume_dir is not None else [])
+    # One rank: a plain process. Several (learner.world_size, or a hostfile): DeepSpeed's own launcher.
+    learner = spawn(learner_command(learner_args, config.learner.world_size, config.learner.hostfile,
+                                    config.learner.master_port, sys.executable, master_addr=config.learner.master_addr))
     processes = [learner]
     try:
         address = wait_for_address(run_dir / "learner_address", learner)

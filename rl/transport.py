@@ -74,10 +74,18 @@ class LearnerEndpoint:
 
     def wait_sent(self, timeout_s: float = 600.0) -> None:
         """Block until ZeroMQ no longer reads any buffer sent with track=True."""
+        self.wait_trackers(self.take_trackers(), timeout_s)
+
+    def take_trackers(self) -> list[zmq.MessageTracker]:
+        """The trackers of the sends so far; later sends start a new list."""
+        trackers, self.trackers = self.trackers, []
+        return trackers
+
+    @staticmethod
+    def wait_trackers(trackers: list[zmq.MessageTracker], timeout_s: float = 600.0) -> None:
         deadline = time.monotonic() + timeout_s
-        for tracker in self.trackers:
+        for tracker in trackers:
             tracker.wait(max(0.0, deadline - time.monotonic()))
-        self.trackers.clear()
 
     def receive(self, timeout_ms: int) -> tuple[bytes, Message, list[memoryview]] | None:
         """Next valid message with its sender, or None on timeout."""

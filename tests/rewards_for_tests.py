@@ -4,3 +4,8 @@
 def shorter_is_better(completion: str, task) -> float:
     """Rewards short completions: gives a random model reward variance, so GRPO has a gradient."""
     return -len(completion) / 100.0
+
+
+def varies_on_add_2d_only(completion: str, task) -> float:
+    """Every add_1d group gets equal rewards (no signal): dynamic sampling must drop those groups."""
+    return -len(completion) / 100.0 if task.distribution == "add_2d" else 0.0

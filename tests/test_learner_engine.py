@@ -108,7 +108,7 @@ def test_step_changes_weights_and_export_and_save_round_trip(tiny_model_dir, tmp
     for name, t in exported:
         assert t.is_contiguous() and t.data_ptr() == params[name].data_ptr()  # a view, no copy
         assert torch.equal(t, params[name].detach())
-    bf16 = dict(next(iter_publish_tensors(engine, torch.bfloat16, bucket_bytes=2**30)))
+    bf16 = dict(next(iter(iter_publish_tensors(engine, torch.bfloat16, bucket_bytes=2**30))))
     assert bf16["model.norm.weight"].dtype == torch.bfloat16
     assert torch.equal(bf16["model.norm.weight"], params["model.norm.weight"].detach().bfloat16())
 
