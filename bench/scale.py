@@ -2,8 +2,9 @@
 
 Runs `rl train configs/quickstart.yaml` (SmolLM2-135M-Instruct, 8 prompts x 4 samples per step, up
 to 64 new tokens, seed 0) twice as a subprocess: `rollout.num_workers=1`, then `=2`, each for
-`--steps` steps (default 6), without evaluation or W&B. `rollout.cpu_threads` keeps its default,
-so every worker binds every core of the machine.
+`--steps` steps (default 6), without evaluation or W&B. `rollout.cpu_threads` keeps its default:
+on a CPU-only machine `rl train` gives each local worker an even share of the cores (one worker
+gets them all).
 
 Training is synchronous: the learner waits while the workers generate a step's samples, and
 `rollout/seconds` in RUN/metrics.jsonl is that wait (tasks sent to all samples back and scored).

@@ -184,7 +184,8 @@ class Coordinator:
             self.record_ack(identity, message)
             return None
         if isinstance(message, WorkerFailed):
-            self.drop(worker, f"it reported a failure: {message.error}")
+            left = message.error.startswith("left: ")  # rollout.worker.LEFT_PREFIX: a goodbye
+            self.drop(worker, message.error.removeprefix("left: ") if left else f"it reported a failure: {message.error}", left=left)
             return None
         if isinstance(message, Samples):
             self.handle_samples(identity, message, payload)
@@ -210,15 +211,15 @@ class Coordinator:
         log.info("rollout worker %d joined (%s from %s); %d connected%s", worker.worker_id, hello.worker_name, hello.host,
                  len(self.workers), "" if worker.version >= 0 or self.publish_on_join else "; it gets weights at the next step")
 
-    def drop(self, worker: WorkerInfo, reason: str) -> None:
-        """Forget a worker (dead, silent or failed); its unfinished requests are re-sent by run_tasks."""
+    def drop(self, worker: WorkerInfo, reason: str, left: bool = False) -> None:
+        """Forget a worker (dead, silent, failed, or gone on its own); its unfinished requests are re-sent by collect()."""
         if self.workers.pop(worker.identity, None) is None:
             return
         for request_id, owner in list(self.outstanding.items()):
             if owner == worker.identity:
                 del self.outstanding[request_id]
         self.lost[worker.worker_id] = reason
-        message = f"rollout worker {worker.worker_id} ({worker.name}) lost: {reason}; {len(self.workers)} left"
+        message = f"rollout worker {worker.worker_id} ({worker.name}) {'left' if left else 'lost'}: {reason}; {len(self.workers)} remain"
         self.lost_events.append(message)
         log.warning("%s", message)
         try:  # if it is merely stuck, tell it to stop rather than come back with stale work

@@ -37,10 +37,34 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def spawn(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        args, env=child_env(), start_new_session=True, preexec_fn=set_parent_death_signal,
-    )
+def spawn(args: list[str], cores: list[int] | None = None) -> subprocess.Popen:
+    def prepare_child() -> None:
+        set_parent_death_signal()
+        if cores:
+            os.sched_setaffinity(0, cores)
+
+    return subprocess.Popen(args, env=child_env(), start_new_session=True, preexec_fn=prepare_child)
+
+
+def worker_cores(index: int, count: int, config: Config) -> list[int] | None:
+    """The cores local CPU worker `index` of `count` runs on: an even share of this machine's, so that
+    several vLLM engines do not each spin threads on every core (measured on 2 cores: two workers
+    sharing both cores generated 3x slower than one). None: no pinning (GPU, one worker, or the
+    user chose with rollout.cpu_threads or VLLM_CPU_OMP_THREADS_BIND)."""
+    if count < 2 or config.rollout.cpu_threads or "VLLM_CPU_OMP_THREADS_BIND" in os.environ or has_cuda():
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < count:
+        return [cores[index % len(cores)]]
+    size, extra = divmod(len(cores), count)
+    start = index * size + min(index, extra)
+    return cores[start : start + size + (1 if index < extra else 0)]
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def stop(processes: list[subprocess.Popen], grace_s: float = 15.0) -> None:
@@ -107,6 +131,10 @@ def train(config: Config, resume_dir: Path | None = None) -> int:
         print(f"[rl] resuming {run_dir} from {checkpoint.name}", flush=True)
         (run_dir / "learner_address").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config))
+    if config.rollout.async_ and config.rollout.num_workers > 0 and not has_cuda():
+        print("[rl] note: rollout.async on a CPU-only machine: the local workers generate on the cores the learner "
+              "trains on, which usually makes each step slower, not faster (measured in docs/benchmarks.md); "
+              "asynchronous training pays off when generation and training run on different devices", flush=True)
 
     learner_args = ["--run-dir", str(run_dir), "--model-path", str(model_path)] + (["--resume"] if resume_dir is not None else [])
     # One rank: a plain process. Several (learner.world_size, or a hostfile): DeepSpeed's own launcher.
@@ -119,7 +147,7 @@ def train(config: Config, resume_dir: Path | None = None) -> int:
             command = [sys.executable, "-m", "rollout.main", "--connect", address, "--name", f"local-{i}"]
             if config.transport.curve_keys:
                 command += ["--keys", str(Path(config.transport.curve_keys).expanduser().resolve())]
-            processes.append(spawn(command))
+            processes.append(spawn(command, worker_cores(i, config.rollout.num_workers, config)))
         return supervise(learner, processes)
     except KeyboardInterrupt:
         print("\n[rl] interrupted: the learner saves a checkpoint, then everything stops", flush=True)

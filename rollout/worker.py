@@ -33,6 +33,8 @@ from rollout.sampling import sample_and_score
 
 log = logging.getLogger("rollout")
 
+LEFT_PREFIX = "left: "  # a WorkerFailed that is a goodbye, not a failure
+
 
 class RolloutWorker:
     def __init__(self, address: str, name: str | None = None, welcome_timeout_s: float = 600.0, curve_keys: str | None = None):
@@ -109,6 +111,9 @@ class RolloutWorker:
                 elif isinstance(message, Shutdown):
                     log.info("worker %d: shutdown (%s)", self.worker_id, message.reason)
                     return
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say goodbye so the learner re-sends our prompts at once
+            self.endpoint.send(WorkerFailed(worker_id=self.worker_id, error=f"{LEFT_PREFIX}it was stopped (Ctrl-C or SIGTERM)"))
+            raise
         except Exception as err:
             self.endpoint.send(WorkerFailed(worker_id=self.worker_id, error=f"{type(err).__name__}: {err}"))
             raise
@@ -201,5 +206,8 @@ def hf_parameter_shapes(model_dir: Path) -> dict[str, list[int]]:
 
 
 def main(address: str, name: str | None = None, curve_keys: str | None = None) -> None:
+    import signal
+
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM leaves like Ctrl-C: with a goodbye
     RolloutWorker(address, name, curve_keys=curve_keys).run()

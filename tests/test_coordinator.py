@@ -186,3 +186,24 @@ def test_submit_returns_at_once_and_answers_that_arrive_meanwhile_are_kept(coord
         coord.pump(timeout_ms=100)
     assert job.done
     assert [t.meta.task_id for t in coord.collect(job)] == ["t0", "t0", "t1", "t1"]
+
+
+def test_a_worker_that_says_goodbye_is_logged_as_left_and_its_work_moves_at_once(coordinator):
+    from rl.wire import WorkerFailed
+
+    coord, start = coordinator
+    start("stays")
+    leaver = zmq.Context.instance().socket(zmq.DEALER)
+    leaver.setsockopt(zmq.LINGER, 0)
+    leaver.connect(coord.endpoint.address)
+    leaver.send_multipart(encode(Hello(worker_name="leaver", pid=0, host="elsewhere")))
+    coord.wait_for_workers(2, timeout_s=5)
+    welcome, _ = decode(leaver.recv_multipart())
+    leaver.send_multipart(encode(WorkerFailed(worker_id=welcome.worker_id, error="left: it was stopped (Ctrl-C or SIGTERM)")))
+    deadline = time.monotonic() + 5
+    while len(coord.workers) == 2 and time.monotonic() < deadline:
+        coord.pump(timeout_ms=100)
+    leaver.close()
+    events = coord.drain_events()
+    assert events == [f"rollout worker {welcome.worker_id} (leaver) left: it was stopped (Ctrl-C or SIGTERM); 1 remain"]
+    assert len(coord.run_tasks(tasks(2), SAMPLING, "train", min_version=0)) == 4

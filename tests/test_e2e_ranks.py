@@ -33,3 +33,12 @@ def test_two_zero3_ranks_train_and_the_worker_gets_the_gathered_weights(tmp_path
     for key in ("loss/total", "loss/pg", "train/grad_norm"):
         assert records[0][key] == pytest.approx(single[0][key], rel=1e-4, abs=1e-7), key
     assert records[0]["rollout/reward_mean"] == single[0]["rollout/reward_mean"]  # same samples (seeded)
+
+
+def test_two_zero2_ranks_rank_0_publishes_its_full_copy(tmp_path, tiny_model_dir):
+    from tests.test_e2e_algorithms import assert_worker_holds_final_weights
+
+    run_dir, records, _ = train(tmp_path / "two", tiny_model_dir, "learner.world_size=2", "train.zero_stage=2",
+                                steps=1, no_eval=True)
+    assert [r["policy_version"] for r in records] == [1] and records[0]["train/grad_norm"] > 0
+    assert_worker_holds_final_weights(run_dir, 1)
