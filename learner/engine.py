@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import torch

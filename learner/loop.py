@@ -29,7 +29,14 @@ from transformers import AutoTokenizer
 from envs.source import TaskSource, reward_sets
 from learner.advantages import group_advantages, rloo_advantages
 from learner.batch import TrainSample, build_micro_batches
-from learner.checkpoint import STATE_FILE, checkpoint_root, find_checkpoint, load_checkpoint, save_checkpoint, step_dir_name
+from learner.checkpoint import (
+    STATE_FILE,
+    checkpoint_root,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    step_dir_name,
+)
 from learner.distributed import (
     broadcast_int,
     broadcast_samples,

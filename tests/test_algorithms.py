@@ -9,8 +9,17 @@ import torch
 
 from learner.batch import TrainSample, build_micro_batches
 from learner.critic import build_critic_engine
-from learner.engine import build_policy_engine, build_reference_model, iter_publish_tensors
-from learner.loop import first_groups, keep_informative_groups, step_settings, with_advantages
+from learner.engine import (
+    build_policy_engine,
+    build_reference_model,
+    iter_publish_tensors,
+)
+from learner.loop import (
+    first_groups,
+    keep_informative_groups,
+    step_settings,
+    with_advantages,
+)
 from learner.step import StepSettings, own_share, split_evenly, train_step
 from rl.config import ConfigError, load_config
 from rl.coordinator import Trajectory
