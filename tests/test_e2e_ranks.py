@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_e2e import REPO, assert_no_process_mentions, check_run, run_dir_of, write_config
+from tests.test_e2e import (
+    REPO,
+    assert_no_process_mentions,
+    check_run,
+    run_dir_of,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
