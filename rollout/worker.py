@@ -208,6 +208,10 @@ def hf_parameter_shapes(model_dir: Path) -> dict[str, list[int]]:
 def main(address: str, name: str | None = None, curve_keys: str | None = None) -> None:
     import signal
 
+    from rl.launcher import DISTRIBUTED_ENV
+
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM leaves like Ctrl-C: with a goodbye
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    for key in DISTRIBUTED_ENV:  # a worker is never a learner rank; vLLM must not join a group it sees there
+        os.environ.pop(key, None)  # SIGTERM leaves like Ctrl-C: with a goodbye
     RolloutWorker(address, name, curve_keys=curve_keys).run()

@@ -13,3 +13,4 @@ def tiny_model_dir():
     from tests.tiny_model import build_tiny_model
 
     return build_tiny_model()
+

@@ -252,10 +252,13 @@ PROBE = textwrap.dedent(
         time.sleep(120)  # the launcher must end this rank once rank 1 has failed
     items = ld.broadcast_samples([Item([1, -1], 0.1, True), Item([], -2.0, False)] if ld.is_main() else None, Item)
     env = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    print("PROBE " + json.dumps({
+    report = json.dumps({
         "rank": ld.rank(), "world": ld.world_size(), "env": env, "argv": sys.argv[1:],
         "sum": ld.all_reduce_sum(ld.rank() + 1), "items": [[i.ids, i.score, i.ok] for i in items],
-    }), flush=True)
+    })
+    # one file per rank: two ranks printing to one pipe can interleave within a line
+    with open(os.path.join(os.environ["PROBE_OUT"], f"rank-{ld.rank()}.json"), "w") as handle:
+        handle.write(report)
     """
 )
 
@@ -263,7 +266,8 @@ PROBE = textwrap.dedent(
 def launch_probe(tmp_path: Path, port: int, **extra_env: str) -> tuple[int, str]:
     (tmp_path / "ds_probe_module.py").write_text(PROBE)
     command = ld.learner_command(["--tag", "a b"], 2, None, port, sys.executable, module="ds_probe_module")
-    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", **extra_env)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
+               PROBE_OUT=str(tmp_path), **extra_env)
     # A new session, so that a time-out can end the launcher and its ranks together (see learner_command).
     proc = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -282,8 +286,7 @@ def test_deepspeed_launcher_runs_two_cpu_ranks(tmp_path):
     port = free_port()
     returncode, out = launch_probe(tmp_path, port)
     assert returncode == 0, out
-    lines = [line.split("PROBE ", 1)[1] for line in out.splitlines() if "PROBE {" in line]
-    reports = sorted((json.loads(line) for line in lines), key=lambda r: r["rank"])
+    reports = sorted((json.loads(path.read_text()) for path in tmp_path.glob("rank-*.json")), key=lambda r: r["rank"])
     assert [r["rank"] for r in reports] == [0, 1], out
     for r in reports:
         assert r["world"] == 2 and r["argv"] == ["--tag", "a b"]
