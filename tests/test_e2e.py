@@ -217,7 +217,8 @@ def test_a_killed_worker_is_replaced_by_the_others_and_no_sample_is_trained_twic
     output = (tmp_path / "train.log").read_text()
     assert train.returncode == 0, output[-3000:]
     assert "local-1" in output and "goes on with the others" in output
-    assert "lost: no heartbeat" in output, output[-3000:]
+    # noticed by its missing heartbeats, or sooner when a send finds its connection gone
+    assert "lost: no heartbeat" in output or "lost: its connection is gone" in output, output[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["workers/lost"] == 1 and records[-1]["workers/alive"] == 1
@@ -258,7 +259,7 @@ def test_remote_workers_exit_on_their_own_when_the_learner_dies(tmp_path, tiny_m
                               stdout=(tmp_path / "joiner.log").open("w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        while "joined (remote)" not in (tmp_path / "train.log").read_text():
+        while "joined (remote from " not in (tmp_path / "train.log").read_text():
             assert time.monotonic() < deadline, "the remote worker never joined"
             time.sleep(0.5)
         learners = [p for p in psutil.process_iter(["cmdline"]) if "learner.main" in " ".join(p.info["cmdline"] or [])
