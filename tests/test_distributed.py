@@ -259,6 +259,11 @@ PROBE = textwrap.dedent(
     # one file per rank: two ranks printing to one pipe can interleave within a line
     with open(os.path.join(os.environ["PROBE_OUT"], f"rank-{ld.rank()}.json"), "w") as handle:
         handle.write(report)
+    # leave together: a rank that exits while the other is still inside a collective can abort it
+    ld.barrier()
+    import torch.distributed
+
+    torch.distributed.destroy_process_group()
     """
 )
 
