@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +38,7 @@ from learner.losses import (
     truncated_is_weights,
     value_loss,
 )
+from rl.coordinator import split_evenly as split_chunks
 
 
 @dataclass(frozen=True)
@@ -272,15 +272,9 @@ def own_share(items: list[Prepared], rank: int, world_size: int) -> list[Prepare
     return mine
 
 
-def split_evenly(items: list, parts: int) -> Iterator[list]:
+def split_evenly(items: list, parts: int) -> list[list]:
     """`parts` consecutive slices whose sizes differ by at most one (fewer if there are fewer items)."""
-    parts = max(1, min(parts, len(items)))
-    size, extra = divmod(len(items), parts)
-    start = 0
-    for i in range(parts):
-        end = start + size + (1 if i < extra else 0)
-        yield items[start:end]
-        start = end
+    return [chunk for chunk in split_chunks(items, max(1, parts)) if chunk]
 
 
 def _global_sum(value: float, world_size: int) -> float:
