@@ -58,8 +58,9 @@ def run_eval(target: str, config_path: str | None, overrides: list[str], output:
     from rewards.pool import RewardPool
     from rl.evaluation import eval_sampling, evaluation_table, summarize_eval
     from rl.launcher import child_env
+    from rl.prompts import prompt_lengths
     from rollout.engine import RolloutEngine
-    from rollout.sampling import prompt_lengths, sample_and_score
+    from rollout.sampling import sample_and_score
 
     config, model_path, run_dir = resolve_target(target, config_path, overrides)
     check_run_inputs(config)

@@ -19,6 +19,7 @@ from pathlib import Path
 from envs.source import check_run_inputs
 from rl.config import Config, to_yaml
 from rl.models import resolve_model
+from rl.process_env import DISTRIBUTED_ENV
 
 LEARNER_CHECKPOINT_GRACE_S = 600.0  # writing a checkpoint of a large model takes a while
 
@@ -28,12 +29,8 @@ def set_parent_death_signal() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-# A process group of the caller's (e.g. a test that trained in-process) must not leak into the run's
-# learner, which would try to bind the same port; DeepSpeed's launcher sets these for several ranks.
-DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE")
-
-
 def child_env() -> dict[str, str]:
+    # the caller's process group must not leak into the run's processes (see DISTRIBUTED_ENV)
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

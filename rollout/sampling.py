@@ -1,7 +1,8 @@
 """Generate and score: tasks in, scored samples out. Shared by rollout workers and `rl eval`.
 
-Prompts are the tasks' chat messages rendered with the model's own chat template; each sample is
-scored with its task's reward set and tagged with who made it and from which policy version.
+Prompts are the tasks' chat messages rendered with the model's own chat template (`rl/prompts.py`);
+each sample is scored with its task's reward set and tagged with who made it and from which policy
+version.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rewards.pool import RewardPool
+from rl.prompts import render_prompts
 from rl.wire import SampleMeta, SamplingParams, Task
 
 
@@ -28,25 +30,6 @@ class SampleBatch:
             np.asarray(self.completion_ids, dtype=np.int32),
             np.asarray(self.logprobs, dtype=np.float32),
         ]
-
-
-def render_prompts(tokenizer, tasks: list[Task]) -> list[list[int]]:
-    """Token ids of each task's messages under the tokenizer's chat template, ready for the reply."""
-    prompts = []
-    for task in tasks:
-        ids = tokenizer.apply_chat_template([m.model_dump() for m in task.messages], add_generation_prompt=True, tokenize=True)
-        prompts.append(list(ids["input_ids"]) if hasattr(ids, "keys") else list(ids))
-    return prompts
-
-
-def prompt_lengths(tokenizer, tasks: list[Task], chunk: int = 1000) -> list[int]:
-    """Prompt token counts, as `render_prompts` would make them, batched (about 0.3 ms a task)."""
-    lengths = []
-    for start in range(0, len(tasks), chunk):
-        conversations = [[m.model_dump() for m in t.messages] for t in tasks[start:start + chunk]]
-        texts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
-        lengths.extend(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-    return lengths
 
 
 def sample_and_score(

@@ -16,6 +16,7 @@ import numpy as np
 
 from rewards.pool import RewardPool
 from rl.config import RolloutConfig
+from rl.process_env import DISTRIBUTED_ENV
 from rl.transport import WorkerEndpoint
 from rl.wire import (
     NUMPY_DTYPES,
@@ -207,8 +208,6 @@ def hf_parameter_shapes(model_dir: Path) -> dict[str, list[int]]:
 
 def main(address: str, name: str | None = None, curve_keys: str | None = None) -> None:
     import signal
-
-    from rl.launcher import DISTRIBUTED_ENV
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     signal.signal(signal.SIGTERM, signal.default_int_handler)

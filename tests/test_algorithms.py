@@ -8,19 +8,15 @@ import pytest
 import torch
 
 from learner.batch import TrainSample, build_micro_batches
+from learner.collect import first_groups, keep_informative_groups, with_advantages
 from learner.critic import build_critic_engine
 from learner.engine import (
     build_policy_engine,
     build_reference_model,
     iter_publish_tensors,
 )
-from learner.loop import (
-    first_groups,
-    keep_informative_groups,
-    step_settings,
-    with_advantages,
-)
 from learner.step import StepSettings, own_share, split_evenly, train_step
+from learner.trainer import step_settings
 from rl.config import ConfigError, load_config
 from rl.coordinator import Trajectory
 from rl.wire import SampleMeta

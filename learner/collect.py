@@ -1,0 +1,160 @@
+"""Collect one step's samples: send its prompts to the workers, drop stale samples, attach advantages,
+and (DAPO's dynamic sampling) keep sampling until enough groups carry signal."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from envs.source import TaskSource
+from learner.advantages import group_advantages, rloo_advantages
+from learner.batch import TrainSample
+from rl.config import Config
+from rl.coordinator import Coordinator, RolloutJob, Trajectory, drop_stale
+from rl.wire import SamplingParams
+
+log = logging.getLogger("learner")
+
+
+def training_sampling(config: Config, step: int, round_: int = 0) -> SamplingParams:
+    """Seeded per step (and dynamic-sampling round), so a resumed run samples what the uninterrupted run would have."""
+    r = config.rollout
+    return SamplingParams(
+        n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens,
+        seed=(config.run.seed * 1_000_003 + step * 7_919 + round_ * 104_729) % 2**31,
+    )
+
+
+class StepBatch:
+    """What one step's rollouts gave: everything generated, and the part that is trained on."""
+
+    def __init__(self, probabilities: dict[str, float]):
+        self.probabilities = probabilities  # the curriculum's weights the first prompts were drawn with
+        self.generated: list[Trajectory] = []  # every fresh-enough sample of every round (metrics, curriculum)
+        self.trained: list[Trajectory] = []
+        self.samples: list[TrainSample] = []  # `trained` with advantages, in the same order
+        self.rollout_seconds = 0.0
+        self.dropped_stale = 0
+        self.metrics: dict[str, float] = {}
+
+
+@dataclass
+class SubmittedStep:
+    job: RolloutJob
+    probabilities: dict[str, float]  # the curriculum's weights its prompts were drawn with
+    submitted_at: float
+
+
+def submit_step(coordinator: Coordinator, source: TaskSource, config: Config, step: int, version: int) -> SubmittedStep:
+    probabilities = source.curriculum.weights()
+    job = coordinator.submit(source.next_tasks(config.rollout.prompts_per_step), training_sampling(config, step), "train",
+                             min_version=version)
+    return SubmittedStep(job, probabilities, time.perf_counter())
+
+
+def collect_step(coordinator: Coordinator, source: TaskSource, config: Config, step: int, version: int,
+                 submitted: SubmittedStep) -> StepBatch:
+    """Wait for the step's samples; with dynamic sampling, keep sampling until prompts_per_step groups carry signal."""
+    batch = StepBatch(submitted.probabilities)
+    wanted, rounds, generated_groups = config.rollout.prompts_per_step, 1, 0
+    trajectories = coordinator.collect(submitted.job)
+    batch.rollout_seconds += time.perf_counter() - submitted.submitted_at
+    while True:
+        fresh, dropped = drop_stale(trajectories, version, config.rollout.max_staleness)
+        batch.dropped_stale += dropped
+        samples = with_advantages(fresh, config)
+        # Each sample counts for the distribution that produced it, dropped groups included (|A| = 0
+        # says "too easy or too hard"); evaluation never gets here, so held-out results never steer it.
+        for name, values in abs_advantages_by_distribution(fresh, samples).items():
+            source.curriculum.observe(name, values)
+        batch.generated += fresh
+        generated_groups += len({t.group_key for t in fresh})
+        if config.train.dynamic_sampling:
+            fresh, samples = keep_informative_groups(fresh, samples)
+        batch.trained += fresh
+        batch.samples += samples
+        kept_groups = len({t.group_key for t in batch.trained})
+        if not config.train.dynamic_sampling or kept_groups >= wanted or rounds >= config.train.dynamic_sampling_rounds:
+            break
+        # DAPO: sample more prompts; ask for the shortfall divided by the share of groups kept so far
+        keep_rate = max(kept_groups / max(generated_groups, 1), 0.25)
+        more = min(4 * wanted, math.ceil((wanted - kept_groups) / keep_rate))
+        start = time.perf_counter()
+        trajectories = coordinator.run_tasks(source.next_tasks(more), training_sampling(config, step, rounds), "train",
+                                             min_version=version)
+        batch.rollout_seconds += time.perf_counter() - start
+        rounds += 1
+    if config.train.dynamic_sampling:
+        batch.trained, batch.samples = first_groups(batch.trained, batch.samples, wanted)
+        batch.metrics.update({
+            "rollout/dynamic_sampling_rounds": rounds,
+            "rollout/groups_generated": generated_groups,
+            "rollout/groups_trained": len({t.group_key for t in batch.trained}),
+        })
+        if len({t.group_key for t in batch.trained}) < wanted:
+            log.warning("step %d: only %d of %d groups had unequal rewards after %d rounds of sampling; training on them",
+                        step, len({t.group_key for t in batch.trained}), wanted, rounds)
+    if config.train.overlong_filter:
+        batch.metrics["train/overlong_filtered"] = sum(not s.in_loss for s in batch.samples)
+    if batch.generated:  # how many versions behind the learner the step's samples are (async: the first round's are 1)
+        batch.metrics["rollout/staleness_mean"] = sum(version - t.meta.policy_version for t in batch.generated) / len(batch.generated)
+    return batch
+
+
+def keep_informative_groups(trajectories: list[Trajectory], samples: list[TrainSample]) -> tuple[list[Trajectory], list[TrainSample]]:
+    """DAPO's dynamic sampling filter: drop every group whose rewards are all equal (its advantages are all 0)."""
+    rewards: dict[str, set[float]] = defaultdict(set)
+    for t in trajectories:
+        rewards[t.group_key].add(t.meta.reward)
+    keep = [i for i, t in enumerate(trajectories) if len(rewards[t.group_key]) > 1]
+    return [trajectories[i] for i in keep], [samples[i] for i in keep]
+
+
+def first_groups(trajectories: list[Trajectory], samples: list[TrainSample], count: int) -> tuple[list[Trajectory], list[TrainSample]]:
+    """The samples of the first `count` groups, in order."""
+    order = list(dict.fromkeys(t.group_key for t in trajectories))[:count]
+    wanted = set(order)
+    keep = [i for i, t in enumerate(trajectories) if t.group_key in wanted]
+    return [trajectories[i] for i in keep], [samples[i] for i in keep]
+
+
+def with_advantages(trajectories: list[Trajectory], config: Config) -> list[TrainSample]:
+    """Group the trajectories by prompt and attach sequence advantages (0 under GAE, which works per token), in input order."""
+    estimator, eps = config.train.advantage, config.train.adv_eps
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, t in enumerate(trajectories):
+        groups[t.group_key].append(i)
+    advantages = [0.0] * len(trajectories)
+    if estimator != "gae":
+        for indices in groups.values():
+            rewards = torch.tensor([[trajectories[i].meta.reward for i in indices]], dtype=torch.float64)
+            if estimator == "rloo":
+                values = rloo_advantages(rewards)
+            else:
+                values = group_advantages(rewards, eps=eps, normalize_std=estimator == "grpo")
+            for i, a in zip(indices, values[0].tolist()):
+                advantages[i] = a
+    return [
+        TrainSample(
+            prompt_ids=t.prompt_ids.tolist(),
+            completion_ids=t.completion_ids.tolist(),
+            rollout_logprobs=t.rollout_logprobs.tolist(),
+            advantage=a,
+            score=float(t.meta.reward),
+            # DAPO's overlong filtering: a truncated answer is not judged (neither rewarded nor punished)
+            in_loss=not (config.train.overlong_filter and t.meta.finish_reason == "length"),
+        )
+        for t, a in zip(trajectories, advantages)
+    ]
+
+
+def abs_advantages_by_distribution(trajectories: list[Trajectory], samples: list[TrainSample]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for t, s in zip(trajectories, samples):
+        out[t.meta.distribution].append(abs(s.advantage))
+    return out
