@@ -1,97 +1,150 @@
-"""One GRPO learner step on the default model: our DeepSpeed path against plain PyTorch.
+"""One GRPO optimizer step on the default model: the packed learner against the padded one it replaced.
 
-value:     `learner.step.grpo_step` on a DeepSpeed engine (ZeRO 1, fp32, torch AdamW), with the LM
-           head computed only from the first completion column on.
-reference: the textbook loop on the same batch: a transformers model, full logits, the same
-           token-mean GRPO loss, backward per micro-batch, gradient clipping, torch AdamW step.
+value:     `learner.step.train_step` with the packed layout (the default): each group's prompt once,
+           groups packed into rows of `train.max_tokens_per_micro_batch` tokens, the LM head only
+           where a completion token is predicted.
+reference: the padded path as it was before: one right-padded row per sample, micro-batches of 8,
+           the LM head and log-softmax on every position.
+Both: a DeepSpeed engine (ZeRO 1, torch AdamW), fp32 on CPU, the same batch, GRPO's token-mean
+loss with one update per batch. Each path runs in its own subprocess, so each peak RSS is its own.
 
-The batch has the quickstart's shape: 32 sequences of a ~130-token prompt and a 10-40-token
-completion, micro-batches of 8.
+Shapes (prompts x samples per prompt, prompt tokens, completion tokens):
+- quickstart: 8 x 4, ~130, 10-40 (the last JSON line);
+- short:      8 x 4, ~40, ~45;
+- long:       2 x 16, ~300, ~100.
 
-    python bench/learner_step.py [--repeats 3]
+tokens/s counts each sample's prompt + completion tokens, for both paths (what a learner without
+shared prompts has to process), so the ratio of rates is the ratio of step times.
+
+    python bench/learner_step.py [--repeats 2] [--shapes quickstart,short,long] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from learner.batch import TrainSample, build_micro_batches  # noqa: E402
-from learner.engine import build_policy_engine, init_distributed  # noqa: E402
-from learner.losses import GRPOLossInputs, grpo_loss  # noqa: E402
-from learner.step import grpo_step  # noqa: E402
-from rl.models import resolve_model  # noqa: E402
+from learner.batch import TrainSample  # noqa: E402
+from learner.plan import Layout  # noqa: E402
+
+SHAPES = {  # prompts, samples per prompt, prompt length range, completion length range
+    "quickstart": (8, 4, (125, 136), (10, 41)),
+    "short": (8, 4, (35, 46), (35, 56)),
+    "long": (2, 16, (290, 311), (80, 121)),
+}
 
 
-def quickstart_like_samples(count: int = 32, seed: int = 0) -> list[TrainSample]:
+def shape_samples(shape: str, seed: int = 0, vocab: int = 40000) -> list[TrainSample]:
+    prompts, n, (p_lo, p_hi), (c_lo, c_hi) = SHAPES[shape]
     g = torch.Generator().manual_seed(seed)
     samples = []
-    for _ in range(count):
-        prompt = torch.randint(100, 40000, (int(torch.randint(125, 136, (1,), generator=g)),), generator=g).tolist()
-        completion = torch.randint(100, 40000, (int(torch.randint(10, 41, (1,), generator=g)),), generator=g).tolist()
-        samples.append(TrainSample(prompt, completion, [-2.0] * len(completion), float(torch.randn(1, generator=g))))
+    for _ in range(prompts):
+        prompt = torch.randint(100, vocab, (int(torch.randint(p_lo, p_hi, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n):
+            c = int(torch.randint(c_lo, c_hi, (1,), generator=g))
+            samples.append(TrainSample(prompt, torch.randint(100, vocab, (c,), generator=g).tolist(), [-2.0] * c,
+                                       float(torch.randn(1, generator=g))))
     return samples
 
 
-def plain_pytorch_step(model, optimizer, micro_batches) -> None:
-    num_tokens = sum(mb.num_loss_tokens for mb in micro_batches)
-    for mb in micro_batches:
-        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]  # (B, L-1, V)
-        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, mb.input_ids[:, 1:, None]).squeeze(-1)
-        inputs = GRPOLossInputs(logprobs, logprobs.detach(), mb.advantages, mb.loss_mask)
-        loss, _ = grpo_loss(inputs, clip_eps=0.2, kl_coef=0.0, num_tokens=num_tokens)
-        loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def use_full_head() -> None:
+    """The reference path: logits on every position, then the completion positions picked (the old code)."""
+    import learner.logprobs as lp
+
+    def full_logits(model, mb):
+        inputs = lp.model_inputs(model, mb)
+        logits = model(**inputs, use_cache=False).logits  # (R, L, V)
+        return logits.reshape(-1, logits.shape[-1])[mb.source_positions.to(logits.device)]
+
+    lp.completion_logits = full_logits
 
 
-def timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
+def peak_memory_mib(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(path: str, shape: str, repeats: int, device: str, model: str, max_tokens: int) -> dict:
+    """Time `repeats` steps after a warm-up step of one path on one shape, in this process."""
+    from learner.engine import build_policy_engine, init_distributed
+    from learner.step import StepSettings, train_step
+    from rl.models import resolve_model
+
+    torch.set_num_threads(2) if device == "cpu" else None
+    if path == "padded":
+        use_full_head()
+    layout = Layout(packing=True, max_tokens_per_micro_batch=max_tokens) if path == "packed" else Layout(packing=False, micro_batch_size=8)
+    init_distributed()
+    engine = build_policy_engine(
+        str(resolve_model(model)), lr=1e-6, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, total_steps=10,
+        zero_stage=1, micro_batch_size=8, grad_accum_steps=4, grad_clip=1.0, dtype="float32", seed=0,
+    )
+    samples = shape_samples(shape)
+    memory_before = peak_memory_mib(device)
     times = []
-    for _ in range(repeats):
+    for i in range(repeats + 1):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+        train_step(engine, samples, StepSettings(), layout)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first step warms up (allocator, kernels, Adam's state)
+            times.append(time.perf_counter() - start)
+    tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+    return {"path": path, "shape": shape, "times": times, "seconds": statistics.median(times), "tokens": tokens,
+            "peak_mib": peak_memory_mib(device), "peak_before_steps_mib": memory_before}
+
+
+def run_in_subprocess(path: str, shape: str, args) -> dict:
+    command = [sys.executable, __file__, "--worker", path, "--shapes", shape, "--repeats", str(args.repeats),
+               "--device", args.device, "--model", args.model, "--max-tokens", str(args.max_tokens)]
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{path} on {shape} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--shapes", default="quickstart,short,long")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--max-tokens", type=int, default=Layout().max_tokens_per_micro_batch)
+    parser.add_argument("--worker", choices=["packed", "padded"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    model_path = str(resolve_model("smollm2-135m-instruct"))
-    micro_batches = build_micro_batches(quickstart_like_samples(), micro_batch_size=8, pad_id=0)
-    tokens = sum(int(mb.attention_mask.sum()) for mb in micro_batches)
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.shapes, args.repeats, args.device, args.model, args.max_tokens)))
+        return
 
-    init_distributed()
-    engine = build_policy_engine(
-        model_path, lr=1e-6, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, total_steps=10, zero_stage=1,
-        micro_batch_size=8, grad_accum_steps=len(micro_batches), grad_clip=1.0, dtype="float32", seed=0,
-    )
-    ours = timed(lambda: grpo_step(engine, micro_batches, clip_eps=0.2, kl_coef=0.0, temperature=1.0), args.repeats)
-
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    plain = timed(lambda: plain_pytorch_step(model, optimizer, micro_batches), args.repeats)
-
-    value, reference = statistics.median(ours), statistics.median(plain)
-    print(f"batch: 32 sequences, {tokens} tokens, {len(micro_batches)} micro-batches")
-    print(f"grpo_step (DeepSpeed): median {value:.2f} s  runs {[round(t, 2) for t in ours]}  ({tokens / value:.0f} tokens/s)")
-    print(f"plain PyTorch step:    median {reference:.2f} s  runs {[round(t, 2) for t in plain]}  ({tokens / reference:.0f} tokens/s)")
-    print(json.dumps({"metric": "learner_step_seconds", "value": round(value, 4), "reference": round(reference, 4),
-                      "ratio": round(value / reference, 3), "unit": "s"}))
+    started = time.perf_counter()
+    shapes = args.shapes.split(",")
+    results = {}
+    for shape in shapes:
+        packed, padded = (run_in_subprocess(path, shape, args) for path in ("packed", "padded"))
+        results[shape] = (packed, padded)
+        print(f"{shape:>10}: {packed['tokens']} sample tokens | packed {packed['seconds']:.2f} s "
+              f"({packed['tokens'] / packed['seconds']:.0f} tok/s, peak {packed['peak_mib']:.0f} MiB) | padded "
+              f"{padded['seconds']:.2f} s ({padded['tokens'] / padded['seconds']:.0f} tok/s, peak {padded['peak_mib']:.0f} MiB) | "
+              f"speed-up {padded['seconds'] / packed['seconds']:.2f}x, memory {packed['peak_mib'] / padded['peak_mib']:.2f}x", flush=True)
+    print(f"runs: " + "; ".join(f"{s} packed {[round(t, 2) for t in p['times']]} padded {[round(t, 2) for t in q['times']]}"
+                                 for s, (p, q) in results.items()))
+    print(f"benchmark took {time.perf_counter() - started:.0f} s")
+    packed, padded = results[shapes[0]]
+    print(json.dumps({"metric": f"learner_step_tokens_per_s_{shapes[0]}", "value": round(packed["tokens"] / packed["seconds"], 1),
+                      "reference": round(padded["tokens"] / padded["seconds"], 1),
+                      "ratio": round(padded["seconds"] / packed["seconds"], 3), "unit": "tokens/s"}))
 
 
 if __name__ == "__main__":

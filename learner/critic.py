@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from learner.batch import MicroBatch
 from learner.engine import check_dtype, init_distributed, wrap_in_deepspeed
+from learner.logprobs import model_inputs, to_grid
 
 
 class ValueModel(nn.Module):
@@ -21,9 +23,14 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B, L) values: column t is V of the prefix input_ids[:, :t+1] (the state before token t+1)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None,
+                source_positions: Tensor | None = None) -> Tensor:
+        """(R, L) values, column t being V of the prefix through token t (the state before token t+1); with
+        `source_positions`, only the (N,) values at those flattened positions: the head runs on nothing else."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state
+        if source_positions is not None:
+            hidden = hidden.reshape(-1, hidden.shape[-1])[source_positions]  # (N, H)
         return self.value_head(hidden).squeeze(-1).float()
 
 
@@ -52,6 +59,8 @@ def build_critic_engine(
     )
 
 
-def token_values(critic, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """(B, L-1) values aligned with `token_logprobs`: column t is V(state before completion token t+1)."""
-    return critic(input_ids=input_ids, attention_mask=attention_mask)[:, :-1]
+def completion_values(critic, mb: MicroBatch) -> Tensor:
+    """(B, C) values on the completion grid: column j is V(state before completion token j)."""
+    inputs = model_inputs(critic, mb)
+    values = critic(**inputs, source_positions=mb.source_positions.to(inputs["input_ids"].device))
+    return to_grid(values, mb.token_mask)

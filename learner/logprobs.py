@@ -1,54 +1,129 @@
-"""Per-token logprobs of a causal LM on a right-padded batch, the quantity every RL loss needs.
+"""Per-token logprobs (and entropies) of the completion tokens of a micro-batch, the quantity every RL loss needs.
 
-logprob[t] = log_softmax(logits[t] / temperature)[input_ids[t + 1]], computed as
-gather(logits) - logsumexp(logits) so that no full (B, L, V) log_softmax is kept: with SmolLM2's
-vocabulary (49152) a (8, 512, V) float32 tensor is 800 MB, and autograd would save it for backward.
-The temperature must match the sampler's (vLLM divides its logits the same way) or the ratio to
-rollout logprobs is biased.
+The LM head and the log-softmax run only where a completion token is predicted: the hidden states
+of those positions are gathered first (`logits_to_keep` with an index tensor, for the packed
+layout's single row), so no prompt position ever gets logits. logprob = gather(logits) -
+logsumexp(logits), so no full (N, V) log_softmax is kept for backward. The temperature must match
+the sampler's (vLLM divides its logits the same way) or the ratio to rollout logprobs is biased.
+
+Results are on the micro-batch's (B, C) completion grid (see learner.batch), 0 off its token_mask.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
+from learner.batch import MicroBatch
 
-def token_logprobs(
-    model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0, first_position: int = 0,
-    return_entropy: bool = False,
-):
-    """Return (B, L-1): logprob of input_ids[:, t+1] given input_ids[:, :t+1], for a model or a DeepSpeed engine.
+# Attention implementations that take an arbitrary (1, 1, L, L) mask, and the mask's form for each.
+MASKED_ATTENTION = {"sdpa": "bool", "eager": "additive", "flex_attention": "bool"}
 
-    Only columns t >= `first_position` are computed (the rest are 0): the LM head, a fifth of a
-    small model's FLOPs, then skips the prompt positions that no loss reads. With `return_entropy`
-    also the (B, L-1) entropy of each position's (tempered) next-token distribution, with grad,
-    from the same logits (one forward pass).
-    """
+
+def hf_config(model):
+    """The transformers config of a model, a DeepSpeed engine around one, or the critic's backbone."""
+    module = getattr(model, "module", model)
+    if hasattr(module, "backbone"):
+        module = module.backbone
+    return module.config
+
+
+def model_device(model) -> torch.device:
+    if hasattr(model, "device") and isinstance(model.device, torch.device):
+        return model.device
+    return next(model.parameters()).device
+
+
+def packing_unsupported_reason(model) -> str | None:
+    """Why `model` cannot run the packed layout (None when it can): its attention must take a 4D mask,
+    and its forward must take position ids and an index tensor for logits_to_keep."""
+    module = getattr(model, "module", model)
+    implementation = getattr(hf_config(model), "_attn_implementation", None)
+    if implementation not in MASKED_ATTENTION:
+        return f"attention implementation {implementation!r} takes no custom 4D mask (packing needs one of {sorted(MASKED_ATTENTION)})"
+    parameters = inspect.signature(module.forward).parameters
+    for name in ("position_ids", "logits_to_keep"):
+        if name not in parameters and not hasattr(module, "backbone"):
+            return f"{type(module).__name__}.forward takes no {name}"
+    return None
+
+
+def attention_mask_for(model, mb: MicroBatch, dtype: torch.dtype) -> Tensor:
+    """The micro-batch's mask in the form the model's attention wants (padded: the 2D padding mask)."""
+    mask = mb.attention_mask.to(model_device(model))
+    if not mb.packed:
+        return mask
+    if MASKED_ATTENTION.get(getattr(hf_config(model), "_attn_implementation", None)) == "additive":
+        return torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
+    return mask
+
+
+def model_inputs(model, mb: MicroBatch, dtype: torch.dtype = torch.float32) -> dict:
+    device = model_device(model)
+    inputs = {"input_ids": mb.input_ids.to(device), "attention_mask": attention_mask_for(model, mb, dtype)}
+    if mb.packed:
+        inputs["position_ids"] = mb.position_ids.to(device)
+    return inputs
+
+
+def completion_logits(model, mb: MicroBatch) -> Tensor:
+    """(N, V) logits at the positions that predict the micro-batch's completion tokens, in grid order."""
+    device = model_device(model)
+    sources = mb.source_positions.to(device)
+    inputs = model_inputs(model, mb)
+    if mb.packed:  # one row: keep exactly the predicting positions (a group's last prompt position n times)
+        return model(**inputs, use_cache=False, logits_to_keep=sources).logits[0]
+    # padded rows: the head runs from the first predicting column on, then each row's columns are picked
+    length = mb.input_ids.shape[1]
+    first = int((sources % length).min())
+    kept = length - first
+    logits = model(**inputs, use_cache=False, logits_to_keep=kept).logits  # (R, kept, V)
+    rows, columns = sources // length, sources % length - first
+    return logits.reshape(-1, logits.shape[-1])[rows * kept + columns]
+
+
+def to_grid(values: Tensor, token_mask: Tensor) -> Tensor:
+    """Scatter (N,) values of the real completion tokens onto the (B, C) grid, 0 elsewhere."""
+    grid = torch.zeros(token_mask.shape, dtype=values.dtype, device=values.device)
+    return grid.masked_scatter(token_mask.to(values.device), values)
+
+
+def completion_logprobs(model, mb: MicroBatch, temperature: float = 1.0, with_entropy: bool = False):
+    """(B, C) logprobs of the completion tokens (and, with_entropy, the (B, C) entropy of each position's
+    tempered next-token distribution, from the same logits), with grad when grad is enabled."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (greedy decoding has no logprobs to train on), got {temperature}")
-    length = input_ids.shape[1]
-    if not 0 <= first_position < length - 1:
-        raise ValueError(f"first_position must be in [0, {length - 1}), got {first_position}")
-    kept = length - first_position  # positions first_position .. L-1 get logits
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=kept).logits
-    logits = logits[:, :-1]  # (B, L-1-first_position, V): position t predicts token t+1
+    logits = completion_logits(model, mb)  # (N, V)
     if temperature != 1.0:
-        logits = logits / temperature  # the one extra (B, T, V) tensor
-    targets = input_ids[:, first_position + 1 :].unsqueeze(-1)  # (B, T, 1)
-    target_logits = torch.gather(logits, dim=-1, index=targets).squeeze(-1)  # (B, T)
-    kept_logprobs = target_logits.float() - torch.logsumexp(logits.float(), dim=-1)  # (B, T)
-    logprobs = torch.nn.functional.pad(kept_logprobs, (first_position, 0))  # (B, L-1)
-    if return_entropy:
-        return logprobs, torch.nn.functional.pad(token_entropy(logits), (first_position, 0))
-    return logprobs
+        logits = logits / temperature
+    token_mask = mb.token_mask.to(logits.device)
+    targets = mb.target_ids.to(logits.device)[token_mask]  # (N,)
+    logprobs = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1).float() - torch.logsumexp(logits.float(), dim=-1)
+    if with_entropy:
+        return to_grid(logprobs, token_mask), to_grid(token_entropy(logits), token_mask)
+    return to_grid(logprobs, token_mask)
+
+
+def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """(B, L-1): logprob of input_ids[:, t+1] given input_ids[:, :t+1], the LM head on every position.
+
+    The textbook computation, kept as the reference the completion-only path is tested and benchmarked against.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = input_ids[:, 1:].unsqueeze(-1)
+    return torch.gather(logits, -1, targets).squeeze(-1).float() - torch.logsumexp(logits.float(), dim=-1)
 
 
 def token_entropy(logits: Tensor) -> Tensor:
-    """Return (B, T) entropy of softmax(logits) for logits (B, T, V), in float32 and with grad.
+    """Entropy of softmax(logits) over the last dimension, in float32 and with grad.
 
     H = -sum p log p = logsumexp(z) - sum softmax(z) * z, which needs no log_softmax tensor. Logits
     must be finite (a -inf logit gives 0 * -inf = NaN) and already divided by the temperature.
     """
-    logits = logits.float()  # (B, T, V)
-    probs = torch.softmax(logits, dim=-1)  # (B, T, V)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)  # (B, T)
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)

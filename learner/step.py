@@ -1,22 +1,24 @@
 """One training step on a batch: GRPO and its variants, or PPO with a critic, over DeepSpeed engines.
 
-Shape of a step:
-1. a no-grad pass over the batch when something needs the pre-update policy: old logprobs (several
-   updates per batch, or truncated importance sampling), reference logprobs (KL), the critic's old
-   values and GAE advantages (PPO);
+Shape of a step (`learner.plan` decides which micro-batch holds which samples, on which rank):
+1. a no-grad pass over this rank's micro-batches when something needs the pre-update policy and
+   the grad pass cannot give it: old logprobs for several updates per batch, reference logprobs
+   (KL), the critic's old values and GAE advantages (PPO), the policy's logprobs for a KL penalty
+   inside GAE's rewards;
 2. `epochs` x `mini_batches` optimizer updates; each accumulates its micro-batches' gradients with
    the whole mini-batch's denominators, so the sum of the micro-batch losses is exactly the
-   mini-batch loss whatever the micro-batch count (and rank count) is.
+   mini-batch loss whatever the micro-batch count, layout and rank count are.
 
-With one update per batch and no importance sampling the ratio is 1 (old = current, detached): only
-the advantage-weighted logprob gradient remains and no extra forward pass is spent. vLLM's
-`rollout_logprobs` are the sampler's, not the ratio's denominator; they enter only through the
-truncated importance weight (rollout.async) and the `train/logprob_diff` metric.
+With one update per batch the ratio's denominator is the grad pass's own detached logprobs (the
+policy has not moved yet), also for truncated importance sampling: no extra forward pass is spent.
+vLLM's `rollout_logprobs` are the sampler's, not the ratio's denominator; they enter only through
+the truncated importance weight (rollout.async) and the `train/logprob_diff` metric.
 
-Several learner ranks: every rank holds the whole batch's micro-batches (so every rank computes
-the same denominators) and trains on every world_size-th one; a rank with one fewer runs a copy
-weighted 0, so all ranks make the same number of forward/backward passes (collectives in lockstep).
-DeepSpeed averages gradients over ranks, so each loss is scaled by world_size to keep the sum.
+Several learner ranks: every rank plans the same step and trains on its own micro-batches; a rank
+with fewer runs copies weighted 0, so all ranks make the same number of forward/backward passes
+(collectives in lockstep). DeepSpeed averages gradients over ranks, so each loss is scaled by
+world_size to keep the sum. PPO's advantage whitening uses sums reduced over ranks, so it is the
+whole batch's.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import torch
 from torch import Tensor
 
 from learner.advantages import gae, token_level_rewards
-from learner.batch import MicroBatch
-from learner.logprobs import token_logprobs
+from learner.batch import MicroBatch, TrainSample
+from learner.critic import completion_values
+from learner.logprobs import completion_logprobs, model_device
 from learner.losses import (
     PolicyLossInputs,
     kl_estimate,
@@ -38,7 +41,7 @@ from learner.losses import (
     truncated_is_weights,
     value_loss,
 )
-from rl.coordinator import split_evenly as split_chunks
+from learner.plan import Layout, MiniBatchPlan, plan_step
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,10 @@ class StepSettings:
 
 @dataclass
 class Prepared:
-    """A micro-batch with what the no-grad pass computed for it (all (B, L-1), None when not needed)."""
+    """A micro-batch with what the no-grad pass computed for it (all (B, C) on its grid, None when not needed)."""
 
     mb: MicroBatch
-    weight: float = 1.0  # 0 for the padding copies that keep ranks in lockstep
+    weight: float = 1.0  # 0 for the copies that keep ranks in lockstep
     old_logprobs: Tensor | None = None
     ref_logprobs: Tensor | None = None
     advantages: Tensor | None = None  # per token
@@ -79,36 +82,45 @@ class Prepared:
     old_values: Tensor | None = None
 
 
+@dataclass
+class PreparedMiniBatch:
+    items: list[Prepared]
+    num_tokens: int  # the whole mini-batch's (every rank's) loss tokens
+    num_sequences: int
+
+
 def train_step(
-    engine, micro_batches: list[MicroBatch], settings: StepSettings, *, ref_model=None, critic=None,
-    rank: int = 0, world_size: int = 1,
+    engine, samples: list[TrainSample], settings: StepSettings, layout: Layout = Layout(), *, ref_model=None,
+    critic=None, rank: int = 0, world_size: int = 1,
 ) -> dict[str, float]:
-    """Train on one batch (all of its micro-batches, in order); return metrics averaged over its updates."""
-    if not micro_batches:
-        raise ValueError("train_step needs at least one micro-batch")
+    """Train on one batch of samples (this rank's share of it); return metrics averaged over its updates."""
     if settings.kl_coef > 0 and ref_model is None:
         raise ValueError("kl_coef > 0 needs ref_model (learner.engine.build_reference_model)")
     if settings.gae and critic is None:
         raise ValueError("GAE advantages need a critic (learner.critic.build_critic_engine)")
-    if sum(mb.num_loss_tokens for mb in micro_batches) == 0:
+    if sum(len(s.completion_ids) for s in samples if s.in_loss) == 0:
         raise ValueError("the batch has no completion tokens to train on")
 
     start = time.perf_counter()
-    prepared = prepare(engine, micro_batches, settings, ref_model, critic, rank, world_size)
+    plans = plan_step(samples, layout, settings.mini_batches, rank, world_size)
+    prepared = prepare(engine, plans, settings, ref_model, critic, world_size)
     lr = engine.get_lr()[0]  # the LR of this step's first update; the scheduler advances in engine.step()
     totals: dict[str, float] = defaultdict(float)
     seen_tokens = 0
     grad_norms: list[float] = []
     for _ in range(settings.epochs):
         for mini_batch in prepared:
-            metrics, tokens, grad_norm = update(engine, mini_batch, settings, critic, rank, world_size)
+            metrics, tokens, grad_norm = update(engine, mini_batch, settings, critic, world_size)
             for key, value in metrics.items():
                 totals[key] += value / settings.updates
             seen_tokens += tokens
             if grad_norm is not None:
                 grad_norms.append(grad_norm)
-    elapsed = time.perf_counter() - start
+    return step_metrics(totals, settings, lr, grad_norms, seen_tokens / (time.perf_counter() - start), critic)
 
+
+def step_metrics(totals: dict[str, float], settings: StepSettings, lr: float, grad_norms: list[float],
+                 tokens_per_s: float, critic) -> dict[str, float]:
     out = {
         "loss/total": totals["loss/total"],
         "loss/pg": totals["loss/pg"],
@@ -121,7 +133,7 @@ def train_step(
         "train/grad_norm": grad_norms[-1] if grad_norms else float("nan"),  # of the last update, before clipping
         "train/lr": float(lr),
         "train/updates": float(settings.updates),
-        "train/learner_tokens_per_s": seen_tokens / elapsed,  # this rank: prompt + completion tokens, all passes
+        "train/learner_tokens_per_s": tokens_per_s,  # this rank: the tokens its passes ran over (a shared prompt once)
         "train/logprob_diff": totals["logprob_diff"],
     }
     for key in ("entropy", "is_weight"):
@@ -134,31 +146,32 @@ def train_step(
     return out
 
 
-def prepare(engine, micro_batches, settings: StepSettings, ref_model, critic, rank: int, world_size: int) -> list[list[Prepared]]:
+def prepare(engine, plans: list[MiniBatchPlan], settings: StepSettings, ref_model, critic, world_size: int) -> list[PreparedMiniBatch]:
     """This rank's micro-batches with their no-grad quantities, grouped as they will be trained."""
-    need_old = settings.updates > 1 or settings.tis_cap is not None
+    kl_in_rewards = settings.gae and settings.kl_in == "reward" and settings.kl_coef > 0
+    need_old = settings.updates > 1 or kl_in_rewards  # one update: the grad pass's detached logprobs are the old ones
     need_ref = settings.kl_coef > 0
-    items = []
-    for mb in micro_batches:
-        item = Prepared(mb)
-        if need_old or need_ref or settings.gae:
-            input_ids, attention_mask = mb.input_ids.to(engine.device), mb.attention_mask.to(engine.device)
+    out = []
+    for plan in plans:
+        items = []
+        for mb, weight in zip(plan.micro_batches, plan.weights):
+            item = Prepared(mb, weight)
             with torch.no_grad():
-                if need_old or (settings.gae and settings.kl_in == "reward" and need_ref):
-                    item.old_logprobs = token_logprobs(engine, input_ids, attention_mask, settings.temperature)
+                if need_old:
+                    item.old_logprobs = completion_logprobs(engine, mb, settings.temperature)
                 if need_ref:
-                    item.ref_logprobs = token_logprobs(ref_model, input_ids, attention_mask, settings.temperature)
+                    item.ref_logprobs = completion_logprobs(ref_model, mb, settings.temperature)
                 if settings.gae:
-                    item.old_values = critic(input_ids=input_ids, attention_mask=attention_mask)[:, :-1].detach()
-        items.append(item)
+                    item.old_values = completion_values(critic, mb)
+            items.append(item)
+        out.append(PreparedMiniBatch(items, plan.num_tokens, plan.num_sequences))
     if settings.gae:
-        attach_gae(items, settings)
-    # every rank knows every micro-batch; it trains on its share of each mini-batch
-    return [own_share(mini, rank, world_size) for mini in split_evenly(items, settings.mini_batches)]
+        attach_gae([item for mini in out for item in mini.items], settings, world_size)
+    return out
 
 
-def attach_gae(items: list[Prepared], settings: StepSettings) -> None:
-    """Per-token advantages and returns from the critic's old values (PPO), whitened over the batch."""
+def attach_gae(items: list[Prepared], settings: StepSettings, world_size: int) -> None:
+    """Per-token advantages and returns from the critic's old values (PPO), whitened over the whole batch."""
     for item in items:
         mask = item.mb.loss_mask.to(item.old_values.device)
         kl = None
@@ -167,34 +180,38 @@ def attach_gae(items: list[Prepared], settings: StepSettings) -> None:
         rewards = token_level_rewards(item.mb.scores.to(mask.device), mask, kl, settings.kl_coef)
         item.advantages, item.returns = gae(rewards, item.old_values, mask, settings.gamma, settings.lam)
     if settings.whiten_advantages:
-        # one mean and std over every completion token of the batch (all micro-batches)
-        flat = torch.cat([item.advantages[item.mb.loss_mask.to(item.advantages.device) > 0] for item in items])
-        if flat.numel() > 1:
-            mean, std = flat.mean(), flat.std()
+        # one mean and (Bessel) std over every completion token of the batch: sums over this rank's
+        # micro-batches (the lockstep copies left out), then over the ranks
+        count = total = squares = 0.0
+        for item in items:
+            if item.weight > 0:
+                values = item.advantages[item.mb.loss_mask.to(item.advantages.device) > 0].double()
+                count, total, squares = count + values.numel(), total + values.sum().item(), squares + (values**2).sum().item()
+        count, total, squares = (_global_sum(x, world_size) for x in (count, total, squares))
+        if count > 1:
+            mean = total / count
+            std = max((squares - count * mean * mean) / (count - 1), 0.0) ** 0.5
             for item in items:
                 mask = item.mb.loss_mask.to(item.advantages.device) > 0
                 item.advantages = torch.where(mask, (item.advantages - mean) / (std + 1e-8), 0.0)
 
 
-def update(engine, mini_batch: list[Prepared], settings: StepSettings, critic, rank: int, world_size: int):
+def update(engine, mini_batch: PreparedMiniBatch, settings: StepSettings, critic, world_size: int):
     """One optimizer step of the policy (and the critic) over this rank's share of a mini-batch."""
-    # Denominators of the WHOLE mini-batch (every rank's share; padding copies weigh 0).
-    all_items = [item for item in mini_batch if item.weight > 0]
-    num_tokens = _global_sum(sum(item.mb.num_loss_tokens for item in all_items), world_size)
-    num_sequences = _global_sum(sum(int((item.mb.loss_mask.sum(dim=1) > 0).sum()) for item in all_items), world_size)
+    num_tokens, num_sequences = mini_batch.num_tokens, mini_batch.num_sequences
     totals: dict[str, float] = defaultdict(float)
     tokens = 0
     if num_tokens == 0:
         return totals, tokens, None
-    for i, item in enumerate(mini_batch):
-        is_last = i == len(mini_batch) - 1
+    grad_norm = None
+    for i, item in enumerate(mini_batch.items):
+        is_last = i == len(mini_batch.items) - 1
         # The boundary is set by hand, so any number of micro-batches makes exactly one optimizer step.
         engine.set_gradient_accumulation_boundary(is_last)
         loss, metrics = policy_micro_batch_loss(engine, item, settings, num_tokens, num_sequences)
         # `loss` is already this micro-batch's share of the mini-batch loss: no division by the
         # accumulation steps, and a factor world_size against DeepSpeed's average over ranks.
         engine.backward(loss * (item.weight * world_size), scale_wrt_gas=False)
-        grad_norm = None
         if is_last and not engine.zero_optimization():
             grad_norm = module_grad_norm(engine.module)  # DeepSpeed reports no norm without ZeRO
         engine.step()
@@ -207,24 +224,23 @@ def update(engine, mini_batch: list[Prepared], settings: StepSettings, critic, r
         for key, value in metrics.items():
             totals[key] += value * item.weight
         totals["loss/total"] += loss.item() * item.weight
-        tokens += int(item.mb.attention_mask.sum().item())
+        tokens += item.mb.num_input_tokens
     if engine.get_global_grad_norm() is not None:
         grad_norm = float(engine.get_global_grad_norm())
     return {k: _global_sum(v, world_size) for k, v in totals.items()}, tokens, grad_norm
 
 
-def policy_micro_batch_loss(engine, item: Prepared, settings: StepSettings, num_tokens: float, num_sequences: float):
-    mb = item.mb
-    input_ids, attention_mask = mb.input_ids.to(engine.device), mb.attention_mask.to(engine.device)
-    loss_mask = mb.loss_mask.to(engine.device)  # (B, L-1)
-    want_entropy = settings.entropy_coef > 0
-    logprobs, entropy = token_logprobs_and_entropy(engine, input_ids, attention_mask, settings.temperature, want_entropy)
+def policy_micro_batch_loss(model, item: Prepared, settings: StepSettings, num_tokens: float, num_sequences: float):
+    """This micro-batch's share of the mini-batch's policy loss (with grad), and its metrics."""
+    mb, device = item.mb, model_device(model)
+    loss_mask = mb.loss_mask.to(device)  # (B, C)
+    logprobs, entropy = logprobs_and_entropy(model, mb, settings.temperature, settings.entropy_coef > 0)
     old_logprobs = item.old_logprobs if item.old_logprobs is not None else logprobs.detach()
-    rollout_logprobs = mb.rollout_logprobs.to(engine.device)
+    rollout_logprobs = mb.rollout_logprobs.to(device)
     if item.advantages is not None:
-        advantages = item.advantages.to(engine.device)
+        advantages = item.advantages.to(device)
     else:
-        advantages = mb.advantages.to(engine.device).unsqueeze(1) * loss_mask  # outcome advantage on every token
+        advantages = mb.advantages.to(device).unsqueeze(1) * loss_mask  # outcome advantage on every token
     is_weights = None
     if settings.tis_cap is not None:
         is_weights = truncated_is_weights(old_logprobs, rollout_logprobs, loss_mask, settings.tis_cap)
@@ -247,34 +263,17 @@ def policy_micro_batch_loss(engine, item: Prepared, settings: StepSettings, num_
 
 
 def critic_micro_batch_loss(critic, item: Prepared, settings: StepSettings, num_tokens: float):
-    mb = item.mb
-    values = critic(input_ids=mb.input_ids.to(critic.device), attention_mask=mb.attention_mask.to(critic.device))[:, :-1]
-    mask = mb.loss_mask.to(values.device)
+    values = completion_values(critic, item.mb)  # (B, C)
+    mask = item.mb.loss_mask.to(values.device)
     loss, metrics = value_loss(values, item.old_values, item.returns, mask, clip=settings.value_clip, num_tokens=num_tokens)
     metrics["return_mean"] = torch.where(mask > 0, item.returns, 0.0).sum().item() / num_tokens
     return loss, metrics
 
 
-def token_logprobs_and_entropy(engine, input_ids, attention_mask, temperature: float, with_entropy: bool):
+def logprobs_and_entropy(model, mb: MicroBatch, temperature: float, with_entropy: bool):
     if not with_entropy:
-        return token_logprobs(engine, input_ids, attention_mask, temperature), None
-    return token_logprobs(engine, input_ids, attention_mask, temperature, return_entropy=True)
-
-
-def own_share(items: list[Prepared], rank: int, world_size: int) -> list[Prepared]:
-    """Every world_size-th item from `rank`, padded with 0-weight copies to the same count on every rank."""
-    if world_size == 1:
-        return items
-    count = -(-len(items) // world_size)
-    mine = items[rank::world_size]
-    while len(mine) < count:
-        mine.append(Prepared(**{**items[0].__dict__, "weight": 0.0}))
-    return mine
-
-
-def split_evenly(items: list, parts: int) -> list[list]:
-    """`parts` consecutive slices whose sizes differ by at most one (fewer if there are fewer items)."""
-    return [chunk for chunk in split_chunks(items, max(1, parts)) if chunk]
+        return completion_logprobs(model, mb, temperature), None
+    return completion_logprobs(model, mb, temperature, with_entropy=True)
 
 
 def _global_sum(value: float, world_size: int) -> float:
@@ -285,20 +284,15 @@ def _global_sum(value: float, world_size: int) -> float:
     return all_reduce_sum(float(value))
 
 
-def first_loss_column(loss_mask: torch.Tensor) -> int:
-    """The first column any row of the micro-batch trains on; logits before it are never needed."""
-    columns = loss_mask.any(dim=0).nonzero()
-    return int(columns[0]) if len(columns) else 0
-
-
 def module_grad_norm(module: torch.nn.Module) -> float:
     grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
 
 
 def grpo_step(
-    engine, micro_batches: list[MicroBatch], *, clip_eps: float, kl_coef: float, temperature: float, ref_model=None
+    engine, samples: list[TrainSample], *, clip_eps: float, kl_coef: float, temperature: float, ref_model=None,
+    layout: Layout = Layout(),
 ) -> dict[str, float]:
     """GRPO with token-mean aggregation and a k3 KL in the loss: `train_step` with those settings."""
     settings = StepSettings(clip_low=clip_eps, clip_high=clip_eps, kl_coef=kl_coef, temperature=temperature)
-    return train_step(engine, micro_batches, settings, ref_model=ref_model)
+    return train_step(engine, samples, settings, layout, ref_model=ref_model)

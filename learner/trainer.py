@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from learner.batch import TrainSample, build_micro_batches
+from learner.batch import TrainSample
 from learner.checkpoint import save_checkpoint
 from learner.distributed import rank, world_size
 from learner.engine import (
@@ -18,6 +18,7 @@ from learner.engine import (
     iter_publish_tensors,
     save_hf,
 )
+from learner.plan import Layout, choose_layout
 from learner.step import StepSettings, train_step
 from rl.config import Config
 
@@ -30,14 +31,16 @@ class Trainer:
     def __init__(self, config: Config, engine, critic, ref_model, settings: StepSettings, pad_id: int,
                  rollout_dtype: torch.dtype, bucket_bytes: int):
         self.config, self.engine, self.critic, self.ref_model = config, engine, critic, ref_model
-        self.settings, self.pad_id, self.rollout_dtype, self.bucket_bytes = settings, pad_id, rollout_dtype, bucket_bytes
+        self.settings, self.rollout_dtype, self.bucket_bytes = settings, rollout_dtype, bucket_bytes
+        t = config.train
+        self.layout = choose_layout(Layout(t.packing, t.max_tokens_per_micro_batch, t.micro_batch_size, pad_id),
+                                    {"policy": engine, "critic": critic, "reference model": ref_model})
 
     def train(self, samples: list[TrainSample]) -> dict[str, float] | None:
         """One update on the batch; None (and no update) when nothing in it can be trained on."""
-        micro_batches = build_micro_batches(samples, self.config.train.micro_batch_size, self.pad_id) if samples else []
-        if sum(mb.num_loss_tokens for mb in micro_batches) == 0:
+        if not any(s.in_loss and s.completion_ids for s in samples):
             return None
-        return train_step(self.engine, micro_batches, self.settings, ref_model=self.ref_model, critic=self.critic,
+        return train_step(self.engine, samples, self.settings, self.layout, ref_model=self.ref_model, critic=self.critic,
                           rank=rank(), world_size=world_size())
 
     def publication(self) -> Publication:

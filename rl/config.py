@@ -158,7 +158,12 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = Field((0.9, 0.999))
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps, then constant.")
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
+    packing: bool = Field(
+        True, description="Shared-prompt packed micro-batches: each group's prompt once, several groups per row up to "
+        "max_tokens_per_micro_batch; false: one right-padded row per sample, micro_batch_size rows per pass."
+    )
+    max_tokens_per_micro_batch: int = Field(1024, ge=16, description="Tokens per forward/backward pass of the packed layout.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass of the padded layout (packing: false).")
     grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient norm to this.")
     algorithm: Literal["grpo", "dr_grpo", "dapo", "rloo", "ppo"] = Field(
         "grpo", description="A preset for the settings below that are not given: grpo, dr_grpo (Dr. GRPO), dapo (DAPO), "
@@ -418,7 +423,10 @@ class Config(Section):
         if self.rollout.async_ and self.rollout.max_staleness < 1:
             raise ValueError("rollout.async=true trains on samples one policy version old; set rollout.max_staleness >= 1")
         batch = self.rollout.prompts_per_step * self.rollout.samples_per_prompt
-        if batch % (t.mini_batches * t.micro_batch_size):
+        if t.packing and batch % t.mini_batches:
+            raise ValueError(f"train.mini_batches={t.mini_batches} must divide the batch rollout.prompts_per_step x "
+                             f"rollout.samples_per_prompt = {batch}")
+        if not t.packing and batch % (t.mini_batches * t.micro_batch_size):
             raise ValueError(f"train.mini_batches x train.micro_batch_size = {t.mini_batches * t.micro_batch_size} must divide "
                              f"the batch rollout.prompts_per_step x rollout.samples_per_prompt = {batch}")
         return self
@@ -426,7 +434,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _check_batch(self) -> Config:
         batch = self.rollout.prompts_per_step * self.rollout.samples_per_prompt
-        if batch % self.train.micro_batch_size:
+        if not self.train.packing and batch % self.train.micro_batch_size:
             raise ValueError(
                 f"train.micro_batch_size={self.train.micro_batch_size} must divide the batch "
                 f"rollout.prompts_per_step x rollout.samples_per_prompt = {batch}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.batch import TrainSample, build_micro_batches
+from learner.batch import TrainSample
 from learner.collect import first_groups, keep_informative_groups, with_advantages
 from learner.critic import build_critic_engine
 from learner.engine import (
@@ -15,7 +15,8 @@ from learner.engine import (
     build_reference_model,
     iter_publish_tensors,
 )
-from learner.step import StepSettings, own_share, split_evenly, train_step
+from learner.plan import Layout, plan_step
+from learner.step import StepSettings, train_step
 from learner.trainer import step_settings
 from rl.config import ConfigError, load_config
 from rl.coordinator import Trajectory
@@ -60,7 +61,8 @@ def test_algorithm_presets_fill_only_what_the_user_left_unset():
     (["train.algorithm=ppo2"], "train.algorithm"),
     (["train.kl_in=reward", "train.kl_coef=0.1"], "train.kl_in=reward shapes per-token rewards for GAE"),
     (["rollout.async=true", "rollout.max_staleness=0"], "rollout.max_staleness >= 1"),
-    (["train.mini_batches=3"], "train.mini_batches x train.micro_batch_size"),
+    (["train.mini_batches=3"], "train.mini_batches=3 must divide the batch"),
+    (["train.packing=false", "train.mini_batches=3"], "train.mini_batches x train.micro_batch_size"),
     (["train.loss_agg=sequence_mean"], "train.loss_agg"),
 ])
 def test_inconsistent_algorithm_settings_are_refused_with_the_fix(override, message):
@@ -91,8 +93,12 @@ def test_overlong_filtering_masks_truncated_samples_out_of_the_loss():
     config = load_config(QUICKSTART, ["train.algorithm=dapo"])
     samples = with_advantages(TRAJECTORIES, config)
     assert [s.in_loss for s in samples] == [True] * 4 + [False, True, True, True]
-    micro_batches = build_micro_batches(samples, 8, pad_id=0)
-    assert micro_batches[0].loss_mask[4].sum() == 0 and micro_batches[0].loss_mask[5].sum() == 2
+    for layout in (Layout(packing=True), Layout(packing=False, micro_batch_size=8)):
+        (plan,) = plan_step(samples, layout)
+        (mb,) = plan.micro_batches
+        rows = {index: row for row, index in enumerate(mb.sample_index)}
+        assert mb.loss_mask[rows[4]].sum() == 0 and mb.loss_mask[rows[5]].sum() == 2
+        assert plan.num_tokens == 14 and plan.num_sequences == 7  # the denominators leave the filtered sample out
     assert all(s.in_loss for s in with_advantages(TRAJECTORIES, load_config(QUICKSTART)))  # off by default
 
 
@@ -144,7 +150,7 @@ def test_ppo_step_trains_policy_and_critic_and_the_critic_learns_the_returns(tin
                                  micro_batch_size=2, grad_accum_steps=2, grad_clip=0.0, dtype="float32")
     assert all((p == 0).all() for p in critic.module.value_head.parameters())  # V starts at 0
     settings = StepSettings(gae=True, gamma=1.0, lam=1.0, value_clip=0.2, whiten_advantages=True)
-    batch = build_micro_batches(samples(score=1.0), 2, pad_id=0)
+    batch = samples(score=1.0)
     before = weights(engine)
     losses = [train_step(engine, batch, settings, critic=critic)["loss/value"] for _ in range(8)]
     after = weights(engine)
@@ -158,7 +164,7 @@ def test_ppo_step_trains_policy_and_critic_and_the_critic_learns_the_returns(tin
 
 def test_several_updates_per_batch_make_the_ratio_and_clipping_bite(tiny_model_dir):
     engine = engine_for(tiny_model_dir, lr=5e-2, grad_accum=1)
-    batch = build_micro_batches(samples(), 2, pad_id=0)
+    batch = samples()
     one = train_step(engine, batch, StepSettings())
     assert one["train/clip_frac"] == 0.0 and one["train/updates"] == 1.0  # ratio 1 with one update
     many = train_step(engine, batch, StepSettings(epochs=2, mini_batches=2, clip_low=0.01, clip_high=0.01))
@@ -168,7 +174,7 @@ def test_several_updates_per_batch_make_the_ratio_and_clipping_bite(tiny_model_d
 def test_entropy_bonus_and_kl_estimators_in_a_step(tiny_model_dir):
     engine = engine_for(tiny_model_dir)
     ref = build_reference_model(str(tiny_model_dir), "float32")
-    batch = build_micro_batches(samples(), 2, pad_id=0)
+    batch = samples()
     metrics = train_step(engine, batch, StepSettings(entropy_coef=0.01, kl_coef=0.1, kl_estimator="k2"), ref_model=ref)
     # a random tiny model is close to uniform over its vocabulary: entropy near log V
     vocab = engine.module.config.vocab_size
@@ -181,22 +187,11 @@ def test_entropy_bonus_and_kl_estimators_in_a_step(tiny_model_dir):
 def test_truncated_importance_weights_follow_the_sampler_gap(tiny_model_dir):
     engine = engine_for(tiny_model_dir)
     vocab = engine.module.config.vocab_size  # a random model's logprobs are about -log V
-    low = build_micro_batches(samples(rollout_logprob=-math.log(vocab) - 5), 2, pad_id=0)
+    low = samples(rollout_logprob=-math.log(vocab) - 5)
     assert train_step(engine, low, StepSettings(tis_cap=2.0))["train/is_weight"] == pytest.approx(2.0)  # e^5 > 2: capped
-    high = build_micro_batches(samples(rollout_logprob=-math.log(vocab) + 3), 2, pad_id=0)
+    high = samples(rollout_logprob=-math.log(vocab) + 3)
     weight = train_step(engine, high, StepSettings(tis_cap=2.0))["train/is_weight"]
     assert 0.5 * math.exp(-3) < weight < 2 * math.exp(-3)  # the sampler liked these tokens more: down-weighted
-
-
-def test_ranks_share_each_mini_batch_and_pad_with_zero_weight_copies():
-    items = list(range(5))
-    assert [list(s) for s in split_evenly(items, 2)] == [[0, 1, 2], [3, 4]]
-    from learner.step import Prepared
-
-    prepared = [Prepared(mb=i) for i in range(3)]
-    shares = [own_share(prepared, r, 2) for r in range(2)]
-    assert [[p.mb for p in s] for s in shares] == [[0, 2], [1, 0]]
-    assert [[p.weight for p in s] for s in shares] == [[1.0, 1.0], [1.0, 0.0]]
 
 
 def test_a_checkpoint_restores_the_critic_exactly(tiny_model_dir, tmp_path):
@@ -207,7 +202,7 @@ def test_a_checkpoint_restores_the_critic_exactly(tiny_model_dir, tmp_path):
                                    micro_batch_size=2, grad_accum_steps=2, grad_clip=0.0, dtype="float32")
 
     engine, critic = engine_for(tiny_model_dir), critic_engine()
-    batch = build_micro_batches(samples(score=1.0), 2, pad_id=0)
+    batch = samples(score=1.0)
     train_step(engine, batch, StepSettings(gae=True), critic=critic)
     path = save_checkpoint(engine, tmp_path, 1, {"policy_version": 1}, str(tiny_model_dir), keep_last=1, critic=critic)
     trained = {n: p.detach().clone() for n, p in critic.module.named_parameters()}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from learner.batch import TrainSample, build_micro_batches
+from learner.batch import TrainSample
 from learner.engine import (
     build_policy_engine,
     build_reference_model,
@@ -12,6 +12,7 @@ from learner.engine import (
     warmup_constant_lr_factor,
 )
 from learner.logprobs import token_logprobs
+from learner.plan import Layout
 from learner.step import grpo_step
 
 LR = 1e-3
@@ -68,25 +69,13 @@ def test_token_logprobs_match_log_softmax_and_ignore_padding(tiny_model_dir):
     assert out.shape == (2, 4)
     torch.testing.assert_close(out, full.gather(-1, ids[:, 1:, None]).squeeze(-1), atol=1e-5, rtol=0)
     torch.testing.assert_close(out[1:, :2], alone, atol=1e-5, rtol=0)
-    with torch.no_grad():
-        tail = token_logprobs(model, ids, mask, temperature=0.7, first_position=2)  # LM head on positions 2.. only
-    assert tail.shape == (2, 4) and (tail[:, :2] == 0).all()
-    torch.testing.assert_close(tail[:, 2:], out[:, 2:], atol=1e-5, rtol=0)
-
-
-def test_first_loss_column_is_the_earliest_trained_column():
-    from learner.step import first_loss_column
-
-    loss_mask = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 1, 1, 0]], dtype=torch.float32)
-    assert first_loss_column(loss_mask) == 2
-    assert first_loss_column(torch.zeros(2, 5)) == 0
 
 
 def test_step_changes_weights_and_export_and_save_round_trip(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     engine = make_engine(tiny_model_dir, warmup_steps=2)
-    micro_batches = build_micro_batches(make_samples(), micro_batch_size=2, pad_id=0)
+    micro_batches = make_samples()
     before = snapshot(engine)
     metrics = grpo_step(engine, micro_batches, clip_eps=0.2, kl_coef=0.0, temperature=1.0)
     after = snapshot(engine)
@@ -136,8 +125,8 @@ def test_two_micro_batches_of_two_equal_one_of_four(tiny_model_dir, zero_stage):
     for micro_batch_size, accum in [(2, 4), (4, 1)]:
         engine = make_engine(tiny_model_dir, zero_stage=zero_stage, micro_batch_size=micro_batch_size, grad_accum_steps=accum)
         before = snapshot(engine)
-        micro_batches = build_micro_batches(samples, micro_batch_size=micro_batch_size, pad_id=0)
-        metrics = grpo_step(engine, micro_batches, clip_eps=0.2, kl_coef=0.0, temperature=1.0)
+        layout = Layout(packing=False, micro_batch_size=micro_batch_size)
+        metrics = grpo_step(engine, samples, clip_eps=0.2, kl_coef=0.0, temperature=1.0, layout=layout)
         delta = {n: t - before[n] for n, t in snapshot(engine).items()}
         results.append((metrics, delta))
     (m_acc, d_acc), (m_one, d_one) = results
@@ -157,7 +146,7 @@ def test_zero3_export_gathers_full_weights_and_saves(tiny_model_dir, tmp_path):
     before = snapshot(engine)
     assert {n: t.shape for n, t in before.items()} == {n: reference[n].shape for n in before}
     assert torch.equal(before["model.embed_tokens.weight"], reference["model.embed_tokens.weight"])
-    grpo_step(engine, build_micro_batches(make_samples(), 4, pad_id=0), clip_eps=0.2, kl_coef=0.0, temperature=1.0)
+    grpo_step(engine, make_samples(), clip_eps=0.2, kl_coef=0.0, temperature=1.0)
     after = snapshot(engine)
     assert all(not torch.equal(before[n], after[n]) for n in before)
     save_hf(engine, str(tiny_model_dir), str(tmp_path / "hf"))

@@ -1,0 +1,135 @@
+"""Which samples go into which micro-batch, mini-batch and learner rank for one training step.
+
+- Mini-batches (PPO's `train.mini_batches`): the batch's samples, ordered group by group, in
+  consecutive slices of near-equal size; each slice is one optimizer update.
+- Packed layout: a mini-batch's groups (samples sharing a prompt) go into rows of at most
+  `max_tokens_per_micro_batch` tokens (first-fit decreasing; a group longer than the budget gets a
+  row of its own). With several ranks the budget shrinks to about a rank's share of the tokens,
+  so that there are rows for every rank to work on.
+- Padded layout: `micro_batch_size` samples per micro-batch, in order.
+- Ranks: micro-batches go to the least-loaded rank by tokens, largest first. Every rank makes the
+  same number of forward/backward passes (ZeRO's collectives run in lockstep): a rank with fewer
+  micro-batches runs copies of its smallest one with weight 0.
+
+Every rank computes the same plan from the same samples, so the denominators (the whole
+mini-batch's loss tokens and sequences) need no communication.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from learner.batch import MicroBatch, TrainSample, collate_packed, collate_padded
+
+
+@dataclass(frozen=True)
+class Layout:
+    packing: bool = True
+    max_tokens_per_micro_batch: int = 1024
+    micro_batch_size: int = 8  # the padded layout's sequences per micro-batch
+    pad_id: int = 0
+
+
+@dataclass
+class MiniBatchPlan:
+    micro_batches: list[MicroBatch] = field(default_factory=list)  # this rank's, in order
+    weights: list[float] = field(default_factory=list)  # 1.0, or 0.0 for a copy that only keeps ranks in lockstep
+    num_tokens: int = 0  # loss tokens of the whole mini-batch, every rank's
+    num_sequences: int = 0  # samples with a token in the loss, every rank's
+
+
+def sample_tokens(s: TrainSample) -> int:
+    return len(s.prompt_ids) + len(s.completion_ids)
+
+
+def group_indices(samples: list[TrainSample], indices: list[int]) -> list[list[int]]:
+    """`indices` grouped by identical prompt, groups in order of first appearance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in indices:
+        groups.setdefault(tuple(samples[i].prompt_ids), []).append(i)
+    return list(groups.values())
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    """`parts` consecutive slices whose sizes differ by at most one; empty slices are left out."""
+    base, extra = divmod(len(items), max(1, parts))
+    out, start = [], 0
+    for k in range(max(1, parts)):
+        size = base + (1 if k < extra else 0)
+        if size:
+            out.append(items[start : start + size])
+        start += size
+    return out
+
+
+def pack_groups(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: bins (lists of item indices, each in input order) of total length <= capacity."""
+    bins: list[list[int]] = []
+    loads: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, load in enumerate(loads):
+            if load + lengths[i] <= capacity:
+                bins[b].append(i)
+                loads[b] += lengths[i]
+                break
+        else:  # a group over the budget opens a row of its own, as does one that fits nowhere
+            bins.append([i])
+            loads.append(lengths[i])
+    return [sorted(b) for b in bins]
+
+
+def micro_batches_of(samples: list[TrainSample], indices: list[int], layout: Layout, world_size: int) -> list[MicroBatch]:
+    if not layout.packing:
+        return [collate_padded([samples[i] for i in chunk], layout.pad_id, chunk)
+                for chunk in (indices[k : k + layout.micro_batch_size] for k in range(0, len(indices), layout.micro_batch_size))]
+    groups = group_indices(samples, indices)
+    lengths = [len(samples[g[0]].prompt_ids) + sum(len(samples[i].completion_ids) for i in g) for g in groups]
+    capacity = layout.max_tokens_per_micro_batch
+    if world_size > 1:  # leave work for every rank
+        capacity = min(capacity, max(max(lengths), math.ceil(sum(lengths) / world_size)))
+    out = []
+    for row in pack_groups(lengths, capacity):
+        row_groups = [groups[g] for g in row]
+        out.append(collate_packed([[samples[i] for i in g] for g in row_groups], [i for g in row_groups for i in g]))
+    return out
+
+
+def compute_cost(mb: MicroBatch) -> int:
+    """Tokens the forward pass runs over, padding included (what a rank spends on it)."""
+    return int(mb.input_ids.numel())
+
+
+def assign_to_ranks(micro_batches: list[MicroBatch], world_size: int) -> list[list[int]]:
+    """Indices of each rank's micro-batches: largest first to the least-loaded rank; each rank's in input order."""
+    loads = [0] * world_size
+    owned: list[list[int]] = [[] for _ in range(world_size)]
+    for i in sorted(range(len(micro_batches)), key=lambda i: -compute_cost(micro_batches[i])):
+        r = min(range(world_size), key=lambda r: (loads[r], r))
+        owned[r].append(i)
+        loads[r] += compute_cost(micro_batches[i])
+    return [sorted(o) for o in owned]
+
+
+def plan_step(samples: list[TrainSample], layout: Layout, mini_batches: int = 1, rank: int = 0,
+              world_size: int = 1) -> list[MiniBatchPlan]:
+    """This rank's share of every mini-batch of the step, with the whole mini-batch's denominators."""
+    if not samples:
+        raise ValueError("no samples to train on")
+    ordered = [i for group in group_indices(samples, list(range(len(samples)))) for i in group]
+    plans = []
+    for indices in split_evenly(ordered, mini_batches):
+        every = micro_batches_of(samples, indices, layout, world_size)
+        owned = assign_to_ranks(every, world_size)
+        count = max(len(o) for o in owned)
+        mine = [every[i] for i in owned[rank]]
+        weights = [1.0] * len(mine)
+        while len(mine) < count:  # lockstep: copy the smallest micro-batch, weighted 0
+            mine.append(min(every, key=compute_cost))
+            weights.append(0.0)
+        plans.append(MiniBatchPlan(
+            micro_batches=mine, weights=weights,
+            num_tokens=sum(len(samples[i].completion_ids) for i in indices if samples[i].in_loss),
+            num_sequences=sum(1 for i in indices if samples[i].in_loss and samples[i].completion_ids),
+        ))
+    return plans

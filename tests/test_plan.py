@@ -1,0 +1,65 @@
+"""learner.plan: groups into rows up to the token budget, mini-batches, ranks balanced by tokens, lockstep copies."""
+
+from learner.batch import TrainSample
+from learner.plan import Layout, assign_to_ranks, pack_groups, plan_step, split_evenly
+
+
+def group(prompt_len: int, completion_lens: list[int], first_token: int, in_loss: bool = True) -> list[TrainSample]:
+    prompt = list(range(first_token, first_token + prompt_len))
+    return [TrainSample(prompt, [7] * c, [-1.0] * c, 0.5, in_loss=in_loss) for c in completion_lens]
+
+
+def test_first_fit_decreasing_and_a_group_over_the_budget_gets_its_own_row():
+    # decreasing: 200 alone (over the budget); 60 opens a row, 50 opens another, 40 joins 60, 30 joins 50
+    assert pack_groups([60, 30, 50, 40, 200], 100) == [[4], [0, 3], [1, 2]]
+    assert pack_groups([10], 5) == [[0]]
+
+
+def test_split_evenly():
+    assert split_evenly(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+    assert split_evenly([1], 3) == [[1]]
+
+
+def test_packed_plan_puts_each_prompt_once_and_respects_the_budget():
+    samples = group(10, [5, 5], 100) + group(20, [10, 10, 10], 200) + group(100, [50], 300)  # 20, 50 and 150 tokens
+    (plan,) = plan_step(samples, Layout(packing=True, max_tokens_per_micro_batch=80))
+    rows = [mb.input_ids.shape[1] for mb in plan.micro_batches]
+    assert sorted(rows) == [70, 150]  # the two small groups share a row; the 150-token group is alone
+    assert sum(len(mb.sample_index) for mb in plan.micro_batches) == 6
+    assert sorted(i for mb in plan.micro_batches for i in mb.sample_index) == list(range(6))
+    assert plan.num_tokens == 90 and plan.num_sequences == 6 and plan.weights == [1.0, 1.0]
+
+
+def test_interleaved_groups_are_regrouped_and_mini_batches_split_the_samples():
+    a, b = group(4, [1, 2], 100), group(6, [3, 4], 200)
+    samples = [a[0], b[0], a[1], b[1]]
+    plans = plan_step(samples, Layout(packing=True), mini_batches=2)
+    assert [sorted(i for mb in p.micro_batches for i in mb.sample_index) for p in plans] == [[0, 2], [1, 3]]
+    assert [p.num_tokens for p in plans] == [3, 7]
+    assert [p.micro_batches[0].input_ids.shape[1] for p in plans] == [4 + 3, 6 + 7]  # one prompt per group
+
+
+def test_ranks_get_balanced_tokens_and_equal_pass_counts():
+    samples = group(10, [30], 100) + group(10, [20], 200) + group(10, [10], 300) + group(10, [5], 400)
+    layout = Layout(packing=False, micro_batch_size=1)
+    shares = [plan_step(samples, layout, rank=r, world_size=3)[0] for r in range(3)]
+    # 40, 30, 20, 15 tokens: largest first to the least-loaded rank -> {40}, {30}, {20, 15}
+    tokens = [sorted(mb.input_ids.numel() for mb, w in zip(s.micro_batches, s.weights) if w > 0) for s in shares]
+    assert tokens == [[40], [30], [15, 20]]
+    assert [len(s.micro_batches) for s in shares] == [2, 2, 2]  # lockstep: the same number of passes
+    assert [s.weights for s in shares] == [[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
+    assert all(s.num_tokens == 65 for s in shares)  # every rank knows the whole mini-batch's denominator
+    assert assign_to_ranks([], 2) == [[], []]
+
+
+def test_packed_rows_leave_work_for_every_rank():
+    samples = [s for k in range(4) for s in group(10, [5, 5], 100 * (k + 1))]  # four groups of 20 tokens
+    shares = [plan_step(samples, Layout(packing=True, max_tokens_per_micro_batch=1000), rank=r, world_size=2)[0] for r in range(2)]
+    assert [sum(mb.input_ids.numel() for mb in s.micro_batches) for s in shares] == [40, 40]
+    assert all(w == 1.0 for s in shares for w in s.weights)
+
+
+def test_filtered_samples_leave_the_denominators():
+    samples = group(3, [4, 4], 100) + group(3, [2], 200, in_loss=False)
+    (plan,) = plan_step(samples, Layout())
+    assert plan.num_tokens == 8 and plan.num_sequences == 2
