@@ -17,10 +17,14 @@ mini-batch's loss tokens and sequences) need no communication.
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from learner.batch import MicroBatch, TrainSample, collate_packed, collate_padded
+from learner.logprobs import hf_config, packing_unsupported_reason
+
+log = logging.getLogger("learner")
 
 
 @dataclass(frozen=True)
@@ -133,3 +137,20 @@ def plan_step(samples: list[TrainSample], layout: Layout, mini_batches: int = 1,
             num_sequences=sum(1 for i in indices if samples[i].in_loss and samples[i].completion_ids),
         ))
     return plans
+
+
+def choose_layout(wanted: Layout, models: dict[str, object]) -> Layout:
+    """`wanted`, or the padded layout when a model's attention cannot take the packed mask (said in one log line)."""
+    if not wanted.packing:
+        log.info("learner layout: padded, %d rows per micro-batch (train.packing: false)", wanted.micro_batch_size)
+        return wanted
+    for name, model in models.items():
+        reason = packing_unsupported_reason(model) if model is not None else None
+        if reason is not None:
+            log.warning("train.packing: the %s cannot run packed micro-batches (%s); falling back to one padded row "
+                        "per sample, %d per micro-batch", name, reason, wanted.micro_batch_size)
+            return replace(wanted, packing=False)
+    attention = getattr(hf_config(models["policy"]), "_attn_implementation", None)
+    log.info("learner layout: packed, shared prompts, up to %d tokens per micro-batch (%s attention with a 4D mask)",
+             wanted.max_tokens_per_micro_batch, attention)
+    return wanted

@@ -1,7 +1,9 @@
 """learner.plan: groups into rows up to the token budget, mini-batches, ranks balanced by tokens, lockstep copies."""
 
+import logging
+
 from learner.batch import TrainSample
-from learner.plan import Layout, assign_to_ranks, pack_groups, plan_step, split_evenly
+from learner.plan import Layout, assign_to_ranks, choose_layout, pack_groups, plan_step, split_evenly
 
 
 def group(prompt_len: int, completion_lens: list[int], first_token: int, in_loss: bool = True) -> list[TrainSample]:
@@ -63,3 +65,24 @@ def test_filtered_samples_leave_the_denominators():
     samples = group(3, [4, 4], 100) + group(3, [2], 200, in_loss=False)
     (plan,) = plan_step(samples, Layout())
     assert plan.num_tokens == 8 and plan.num_sequences == 2
+
+
+class FakeModel:
+    """Only what packing_unsupported_reason reads: a config and a forward signature."""
+
+    def __init__(self, attention: str):
+        self.config = type("Config", (), {"_attn_implementation": attention})()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
+        raise AssertionError("not called")
+
+
+def test_a_model_whose_attention_takes_no_mask_falls_back_to_padded_with_one_line(caplog):
+    caplog.set_level(logging.INFO, logger="learner")
+    wanted = Layout(packing=True, micro_batch_size=4)
+    assert choose_layout(wanted, {"policy": FakeModel("sdpa"), "critic": None}).packing
+    fallback = choose_layout(wanted, {"policy": FakeModel("sdpa"), "reference model": FakeModel("flash_attention_2")})
+    assert not fallback.packing and fallback.micro_batch_size == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "reference model" in warnings[0] and "flash_attention_2" in warnings[0]
+    assert not choose_layout(Layout(packing=False), {"policy": FakeModel("flash_attention_2")}).packing
