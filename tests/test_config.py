@@ -44,7 +44,7 @@ def test_unknown_key_names_key_and_closest(configs, override, expected):
         ("train.steps=2.5", "`train.steps` must be an integer"),
         ("rollout.enforce_eager=maybe", "`rollout.enforce_eager` must be true or false"),
         ("rollout.dtype=fp8", "`rollout.dtype` must be one of"),
-        ("train.micro_batch_size=5", "must divide the batch"),
+        ("train.mini_batches=5", "must divide the batch"),
     ],
 )
 def test_wrong_type_names_path_and_expected_type(configs, override, expected):
