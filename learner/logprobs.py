@@ -19,7 +19,7 @@ from torch import Tensor
 from learner.batch import MicroBatch
 
 # Attention implementations that take an arbitrary (1, 1, L, L) mask, and the mask's form for each.
-MASKED_ATTENTION = {"sdpa": "bool", "eager": "additive", "flex_attention": "bool"}
+MASKED_ATTENTION = {"sdpa": "bool", "eager": "additive"}
 
 
 def hf_config(model):

@@ -117,28 +117,29 @@ TOLERANCES = {"logprob_abs": 5e-5, "value_abs": 5e-5, "advantage_abs": 5e-5, "lo
               "grad_rel": 1e-4}
 
 
-def build_models(model_dir: str, device: torch.device, with_critic: bool, seed: int = 0):
+def build_models(model_dir: str, device: torch.device, with_critic: bool, seed: int = 0, attention: str = "sdpa"):
     """The policy, a reference that differs from it (so the KL is not 0), and a critic with a non-zero head."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention).to(device)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(0.02 * torch.randn_like(p))
     critic = None
     if with_critic:
-        backbone = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+        backbone = AutoModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention)
         critic = ValueModel(backbone, backbone.config.hidden_size).to(device)
         torch.nn.init.normal_(critic.value_head.weight, std=0.5)
     return policy, ref, critic
 
 
-def compare_layouts(model_dir: str, algorithm: str, device: torch.device, max_tokens: int = 48) -> dict[str, float]:
+def compare_layouts(model_dir: str, algorithm: str, device: torch.device, max_tokens: int = 48,
+                    attention: str = "sdpa") -> dict[str, float]:
     """Packed (several rows, one group over the budget) against one padded row per sample, on one algorithm."""
     settings = ALGORITHMS[algorithm]
-    policy, ref, critic = build_models(model_dir, device, settings.gae)
+    policy, ref, critic = build_models(model_dir, device, settings.gae, attention=attention)
     samples = exactness_samples(algorithm)
     packed = run_path(policy, ref, critic, samples, settings, Layout(packing=True, max_tokens_per_micro_batch=max_tokens))
     padded = run_path(policy, ref, critic, samples, settings, Layout(packing=False, micro_batch_size=1))

@@ -23,3 +23,9 @@ def test_packed_matches_padded_per_sample(tiny_model_dir, algorithm):
     gaps = compare_layouts(str(tiny_model_dir), algorithm, torch.device("cpu"))
     for name, tolerance in TOLERANCES.items():
         assert gaps[name] <= tolerance, f"{algorithm}: {name} = {gaps[name]:.3g} > {tolerance:g} ({gaps})"
+
+
+def test_eager_attention_gets_an_additive_mask_and_matches_too(tiny_model_dir):
+    gaps = compare_layouts(str(tiny_model_dir), "ppo", torch.device("cpu"), attention="eager")
+    for name, tolerance in TOLERANCES.items():
+        assert gaps[name] <= tolerance, f"eager: {name} = {gaps[name]:.3g} > {tolerance:g} ({gaps})"
