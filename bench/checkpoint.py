@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from learner.batch import TrainSample, build_micro_batches  # noqa: E402
+from learner.batch import TrainSample  # noqa: E402
 from learner.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from learner.engine import build_policy_engine  # noqa: E402
 from learner.step import grpo_step  # noqa: E402
@@ -52,7 +52,7 @@ def main() -> None:
         micro_batch_size=4, grad_accum_steps=1, grad_clip=1.0, dtype="float32", seed=0,
     )
     samples = [TrainSample(list(range(100, 140)), list(range(200, 220)), [-2.0] * 20, 1.0 - i) for i in range(4)]
-    grpo_step(engine, build_micro_batches(samples, 4, 0), clip_eps=0.2, kl_coef=0.0, temperature=1.0)  # fills Adam's state
+    grpo_step(engine, samples, clip_eps=0.2, kl_coef=0.0, temperature=1.0)  # fills Adam's state
 
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)

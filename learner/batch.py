@@ -166,13 +166,3 @@ def packed_attention_mask(group_of: Tensor, part_of: Tensor) -> Tensor:
     causal = torch.ones((len(group_of), len(group_of)), dtype=torch.bool).tril()
     visible = causal & (query_group == key_group) & ((key_part == 0) | (key_part == query_part))
     return visible[None, None]
-
-
-def build_micro_batches(samples: list[TrainSample], micro_batch_size: int, pad_id: int) -> list[MicroBatch]:
-    """The padded layout: `samples` in order, `micro_batch_size` per micro-batch (the last may be smaller)."""
-    if micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-    if not samples:
-        raise ValueError("no samples to batch")
-    return [collate_padded(samples[i : i + micro_batch_size], pad_id, list(range(i, min(i + micro_batch_size, len(samples)))))
-            for i in range(0, len(samples), micro_batch_size)]

@@ -85,6 +85,8 @@ def pack_groups(lengths: list[int], capacity: int) -> list[list[int]]:
 
 def micro_batches_of(samples: list[TrainSample], indices: list[int], layout: Layout, world_size: int) -> list[MicroBatch]:
     if not layout.packing:
+        if layout.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {layout.micro_batch_size}")
         return [collate_padded([samples[i] for i in chunk], layout.pad_id, chunk)
                 for chunk in (indices[k : k + layout.micro_batch_size] for k in range(0, len(indices), layout.micro_batch_size))]
     groups = group_indices(samples, indices)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from learner.batch import TrainSample, build_micro_batches, collate_packed
+from learner.batch import TrainSample, collate_packed, collate_padded
+from learner.plan import Layout, plan_step
 
 SAMPLES = [
     TrainSample(prompt_ids=[10, 11], completion_ids=[12, 13, 14], rollout_logprobs=[-0.1, -0.2, -0.3], advantage=1.0),
@@ -13,7 +14,7 @@ SAMPLES = [
 
 
 def test_padded_micro_batches_hand_computed():
-    first, second = build_micro_batches(SAMPLES, micro_batch_size=2, pad_id=0)
+    first, second = plan_step(SAMPLES, Layout(packing=False, micro_batch_size=2))[0].micro_batches
     assert torch.equal(first.input_ids, torch.tensor([[10, 11, 12, 13, 14], [20, 21, 22, 23, 0]]))
     assert torch.equal(first.attention_mask, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]))
     # the completion grid: row b = sample b, column j = its j-th completion token
@@ -53,9 +54,9 @@ def test_packed_row_shares_the_prompt_restarts_positions_and_masks_other_complet
 def test_bad_samples_raise():
     bad = TrainSample(prompt_ids=[1], completion_ids=[2, 3], rollout_logprobs=[-0.1], advantage=0.0)
     with pytest.raises(ValueError, match="rollout logprobs"):
-        build_micro_batches([bad], micro_batch_size=1, pad_id=0)
+        collate_padded([bad], pad_id=0)
     with pytest.raises(ValueError, match="micro_batch_size"):
-        build_micro_batches(SAMPLES, micro_batch_size=0, pad_id=0)
+        plan_step(SAMPLES, Layout(packing=False, micro_batch_size=0))
     with pytest.raises(ValueError, match="share one prompt"):
         collate_packed([[SAMPLES[0], SAMPLES[1]]])
     with pytest.raises(ValueError, match="empty completion"):
