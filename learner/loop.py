@@ -50,6 +50,7 @@ from learner.engine import (
     build_reference_model,
     init_distributed,
     iter_publish_tensors,
+    resolve_rollout_dtype,
     save_hf,
 )
 from learner.step import StepSettings, train_step
@@ -643,12 +644,6 @@ def welcome(config: Config, model_path: str, run_dir: Path, worker_id: int) -> W
         heartbeat_interval_s=config.transport.heartbeat_interval_s,
         learner_timeout_s=config.transport.learner_timeout_s,
     )
-
-
-def resolve_rollout_dtype(dtype: str) -> str:
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
 def pad_token_id(model_path: str) -> int:
