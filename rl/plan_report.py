@@ -88,7 +88,7 @@ def process_row(plan: Plan, process: Placement, config: Config) -> tuple[str, ..
     if process.gpu is None:
         device, memory = "CPU", "-" if is_learner else f"KV cache {config.rollout.kv_cache_gib:g} GiB"
         if process.cores:
-            cores = core_list(process.cores)
+            cores = f"{core_list(process.cores)} (pinned)"
         elif not is_learner and config.rollout.cpu_threads:
             cores = f"{config.rollout.cpu_threads} (rollout.cpu_threads)"
         else:
@@ -110,7 +110,7 @@ def process_row(plan: Plan, process: Placement, config: Config) -> tuple[str, ..
 def environment_text(plan: Plan, process: Placement) -> str:
     env = child_environment(plan, process)
     if not env:
-        return "-" if process.cores is None else f"pinned to cores {core_list(process.cores)}"
+        return "-"
     if env.get("CUDA_VISIBLE_DEVICES", "") is None:
         return "CUDA_VISIBLE_DEVICES set by DeepSpeed per rank"
     order = ["CUDA_VISIBLE_DEVICES", MEMORY_ENV]
