@@ -184,8 +184,9 @@ def worker_gpus(machine: Machine, config: Config, ranks: int) -> tuple[list[int]
             "join workers from other machines, or rollout.share_gpu_with_learner=true"
         )
     why = "rollout.share_gpu_with_learner=true" if share else "a single GPU (rollout.share_gpu_with_learner unset)"
+    whose = "its" if ranks == 1 else "each GPU's"
     return list(range(ranks)), True, [f"{why}: the rollout engines run on the learner's GPU{'s' * (ranks != 1)} and take "
-                                      f"{SHARED_BUDGET:.2f} of each one's memory between them; the learner keeps the rest"]
+                                      f"{SHARED_BUDGET:.2f} of {whose} memory between them; the learner keeps the rest"]
 
 
 def engine_budget(config: Config, gpu: Gpu, engines: int, shared: bool) -> float:

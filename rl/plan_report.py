@@ -72,7 +72,10 @@ def learner_summary(plan: Plan, config: Config) -> str:
 
 def rollout_summary(plan: Plan, config: Config) -> str:
     n = len(plan.workers)
-    count = f"{n} local worker{'s' * (n != 1)}" if n else "no local workers"
+    if not n:
+        return (f"no local workers; weights published in {plan.rollout_dtype} (workers that join set rollout.dtype="
+                f"{config.rollout.dtype} and their memory for their own GPU)")
+    count = f"{n} local worker{'s' * (n != 1)}"
     graphs = "eager" if plan.enforce_eager else "CUDA graphs"
     engine = f"vLLM on {'CUDA' if plan.on_gpu else 'CPU'} ({graphs})"
     text = f"{count}, {engine}, rollout.dtype {plan.rollout_dtype}, weights published in {plan.rollout_dtype}"
@@ -99,7 +102,7 @@ def process_row(plan: Plan, process: Placement, config: Config) -> tuple[str, ..
         device, cores = f"GPU {gpu.index}", all_cores
         if is_learner:
             engines = sum(w.memory_fraction for w in plan.engines_on(process.gpu))
-            memory = "all of it" if not engines else f"what the engines leave ({1 - engines:.2f} = {(1 - engines) * gpu.memory_gib:.1f} GiB)"
+            memory = "whole GPU" if not engines else f"what the engines leave ({1 - engines:.2f} = {(1 - engines) * gpu.memory_gib:.1f} GiB)"
             threads = str(process.threads)
         else:
             memory = f"{process.memory_fraction:.3f} = {process.memory_fraction * gpu.memory_gib:.1f} GiB"

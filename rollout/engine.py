@@ -25,6 +25,10 @@ Design (vLLM 0.32):
 * CPU threads: in-process, vLLM's own OMP binding (done by its multiprocessing executor when it
   spawns a worker) does not apply, so the constructor sets torch's thread count itself (all allowed
   cores, or ``cpu_threads``) and stops vLLM from dropping it to 1 for serving.
+* GPU: the launcher's placement plan (``rl/placement.py``) gives the engine its GPU
+  (``CUDA_VISIBLE_DEVICES``), its share of that GPU's memory and a per-GPU start-up lock (see
+  ``rl/devices.py``). CUDA graphs by default: ``load_weights`` copies into the same tensors, so
+  captured graphs stay valid.
 """
 
 from __future__ import annotations

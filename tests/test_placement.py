@@ -135,3 +135,22 @@ def test_cpu_plan_reports_pinning_and_threads_and_sets_no_environment():
         ("learner rank 0", 2), ("learner rank 1", 2), ("local-0", 3)]
     with pytest.raises(PlanError, match="train.dtype=bfloat16 needs a GPU"):
         make_plan(machine, config("train.dtype=bfloat16"))
+
+
+@pytest.mark.parametrize("fake, overrides", [
+    ("8x80", ["learner.world_size=8", "train.zero_stage=3", "rollout.num_workers=0", "transport.wait_for_workers=4",
+              "transport.host=0.0.0.0", "transport.port=5555", "transport.allow_insecure_network=true"]),
+    ("4x80", ["learner.world_size=2", "rollout.num_workers=2"]),
+])
+def test_the_readme_shows_what_the_plan_prints(fake, overrides):
+    """The README's --plan blocks were printed on a 2-core machine; the same machine gives the same text today."""
+    from pathlib import Path
+
+    from rl.devices import parse_fake_gpus
+    from rl.plan_report import format_plan
+
+    cfg = config(*overrides)
+    machine = Machine(gpus=tuple(parse_fake_gpus(fake)), cores=(0, 1), cpu_count=2, source="RL_FAKE_GPUS")
+    text = format_plan(make_plan(machine, cfg), cfg)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"$ RL_FAKE_GPUS={fake} rl train" in readme and "\n" + text + "\n```" in readme
