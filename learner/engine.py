@@ -27,6 +27,7 @@ if not torch.cuda.is_available():
 
 import deepspeed
 
+from learner.distributed import is_main  # noqa: E402
 from learner.host_staging import HostStaging, bucket_nbytes, stage_bucket, staging_for  # noqa: E402
 from rl.devices import resolve_rollout_dtype, resolve_train_dtype  # noqa: E402, F401  (the loop imports resolve_rollout_dtype from here)
 
@@ -175,7 +176,7 @@ class Publication:
     own. Under ZeRO-3 every rank must iterate in lockstep (each bucket is an all-gather) and the
     tensors are copies, because the gathered parameters are partitioned again after each bucket.
     Parameters on a GPU are copied into the engine's pinned host buffer for that bucket
-    (`learner.host_staging`, `staged=True`): valid until the same bucket of the next publication.
+    (`learner.host_staging`, `staged=True`, rank 0 only): valid until the same bucket of the next publication.
     Otherwise a parameter already on CPU in `dtype` is yielded as a detached view: do not modify
     it, and copy it if it must outlive the next optimizer step.
     """
@@ -183,7 +184,8 @@ class Publication:
     def __init__(self, engine, dtype: torch.dtype, bucket_bytes: int, staged: bool = True):
         self.dtype = dtype
         self.zero3 = engine.zero_optimization_partition_weights()
-        self.staging = staging_for(engine, dtype, bucket_bytes) if staged else None
+        # Only rank 0 sends: the other ranks take part in ZeRO-3's gathers and would pin a model's worth of host memory each.
+        self.staging = staging_for(engine, dtype, bucket_bytes) if staged and is_main() else None
         self.plan: list[list[tuple[str, torch.nn.Parameter]]] = []
         size = 0
         for name, param in engine.module.named_parameters():  # dedups tied weights: lm_head comes once, as the embedding

@@ -102,7 +102,8 @@ def process_row(plan: Plan, process: Placement, config: Config) -> tuple[str, ..
         device, cores = f"GPU {gpu.index}", all_cores
         if is_learner:
             engines = sum(w.memory_fraction for w in plan.engines_on(process.gpu))
-            memory = "whole GPU" if not engines else f"what the engines leave ({1 - engines:.2f} = {(1 - engines) * gpu.memory_gib:.1f} GiB)"
+            left = 1 - engines
+            memory = "whole GPU" if not engines else f"what the engines leave ({left:.2f} = {left * gpu.memory_gib:.1f} GiB)"
             threads = str(process.threads)
         else:
             memory = f"{process.memory_fraction:.3f} = {process.memory_fraction * gpu.memory_gib:.1f} GiB"
