@@ -252,6 +252,7 @@ def learner_command(
     python: str,
     module: str = "learner.main",
     master_addr: str | None = None,
+    include: str | None = None,
 ) -> list[str]:
     """The argv that starts `python -m module *module_args` as `world_size` ranks.
 
@@ -263,8 +264,10 @@ def learner_command(
 
     `--num_gpus` counts CPU ranks too (the CPU accelerator otherwise offers one rank per NUMA node)
     and makes the launcher ignore CUDA_VISIBLE_DEVICES: ranks get GPUs 0..N-1 and LOCAL_RANK picks
-    one. `--no_local_rank` keeps `--local_rank=K` out of MODULE's arguments; every rank reads RANK,
-    LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from its environment instead.
+    one. On GPUs the placement plan passes `include` instead (`localhost:2,3`: physical GPU ids,
+    since DeepSpeed's launcher drops the CUDA_VISIBLE_DEVICES it was started with and sets each
+    rank's own from this list). `--no_local_rank` keeps `--local_rank=K` out of MODULE's arguments;
+    every rank reads RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from its environment.
 
     With a `hostfile` (`HOST slots=N` per line) the ranks are the hostfile's slots, which must add
     up to `world_size`; more than one host means pdsh over passwordless ssh from this machine, and
@@ -284,7 +287,9 @@ def learner_command(
         raise FileNotFoundError(f"no DeepSpeed launcher at {launcher}; install deepspeed into the environment of {python}")
     command = [python, str(launcher)]
     if hostfile is None:
-        command += ["--num_gpus", str(world_size)]
+        if include is not None and len(include.partition(":")[2].split(",")) != world_size:
+            raise ValueError(f"--include {include} does not name {world_size} devices")
+        command += ["--include", include] if include is not None else ["--num_gpus", str(world_size)]
     else:
         slots = sum(parse_hostfile(hostfile).values())
         if slots != world_size:

@@ -27,6 +27,10 @@ if not torch.cuda.is_available():
 
 import deepspeed
 
+from learner.distributed import is_main  # noqa: E402
+from learner.host_staging import HostStaging, bucket_nbytes, stage_bucket, staging_for  # noqa: E402
+from rl.devices import resolve_rollout_dtype, resolve_train_dtype  # noqa: E402, F401  (the trainer imports resolve_rollout_dtype from here)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -56,11 +60,10 @@ def warmup_constant_lr_factor(step: int, warmup_steps: int) -> float:
 
 
 def check_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
-    if dtype == "bfloat16" and not torch.cuda.is_available():
-        raise ValueError("bfloat16 training needs a GPU (this CPU has no bf16 hardware); use dtype: float32 on CPU")
-    return DTYPES[dtype]
+    """The torch dtype of train.dtype on this process's device (auto: bfloat16 from Ampere on, else float32)."""
+    if dtype not in DTYPES and dtype != "auto":
+        raise ValueError(f"dtype {dtype!r} is not supported; use auto or one of {sorted(DTYPES)}")
+    return DTYPES[resolve_train_dtype(dtype)]  # bfloat16 on a CPU or a pre-Ampere GPU: a ValueError that says what to set
 
 
 def load_hf_model(model_path: str, torch_dtype: torch.dtype):
@@ -123,6 +126,7 @@ def wrap_in_deepspeed(
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
     if not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"warmup_steps ({warmup_steps}) must be between 0 and total_steps ({total_steps})")
+    dtype = resolve_train_dtype(dtype)
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -171,13 +175,17 @@ class Publication:
     bucket (plus the one still on the wire). A tensor larger than `bucket_bytes` is a bucket of its
     own. Under ZeRO-3 every rank must iterate in lockstep (each bucket is an all-gather) and the
     tensors are copies, because the gathered parameters are partitioned again after each bucket.
+    Parameters on a GPU are copied into the engine's pinned host buffer for that bucket
+    (`learner.host_staging`, `staged=True`, rank 0 only): valid until the same bucket of the next publication.
     Otherwise a parameter already on CPU in `dtype` is yielded as a detached view: do not modify
     it, and copy it if it must outlive the next optimizer step.
     """
 
-    def __init__(self, engine, dtype: torch.dtype, bucket_bytes: int):
+    def __init__(self, engine, dtype: torch.dtype, bucket_bytes: int, staged: bool = True):
         self.dtype = dtype
         self.zero3 = engine.zero_optimization_partition_weights()
+        # Only rank 0 sends: the other ranks take part in ZeRO-3's gathers and would pin a model's worth of host memory each.
+        self.staging = staging_for(engine, dtype, bucket_bytes) if staged and is_main() else None
         self.plan: list[list[tuple[str, torch.nn.Parameter]]] = []
         size = 0
         for name, param in engine.module.named_parameters():  # dedups tied weights: lm_head comes once, as the embedding
@@ -192,21 +200,30 @@ class Publication:
         return len(self.plan)
 
     def __iter__(self) -> Iterator[list[tuple[str, Tensor]]]:
-        for bucket in self.plan:
-            yield materialise_bucket(bucket, self.dtype, self.zero3)
+        for index, bucket in enumerate(self.plan):
+            on_gpu = self.staging is not None and bucket[0][1].device.type == "cuda"
+            yield materialise_bucket(bucket, self.dtype, self.zero3, (self.staging, index) if on_gpu else None)
 
 
-def iter_publish_tensors(engine, dtype: torch.dtype, bucket_bytes: int) -> Publication:
+def iter_publish_tensors(engine, dtype: torch.dtype, bucket_bytes: int, staged: bool = True) -> Publication:
     """The policy's weights, bucketed for publication (see `Publication`)."""
-    return Publication(engine, dtype, bucket_bytes)
+    return Publication(engine, dtype, bucket_bytes, staged)
 
 
-def materialise_bucket(bucket: list[tuple[str, torch.nn.Parameter]], dtype: torch.dtype, zero3: bool) -> list[tuple[str, Tensor]]:
-    if not zero3:
+def materialise_bucket(bucket: list[tuple[str, torch.nn.Parameter]], dtype: torch.dtype, zero3: bool,
+                       staging: tuple[HostStaging, int] | None = None) -> list[tuple[str, Tensor]]:
+    """One bucket on the host; with `staging` (the buffers and this bucket's index) through its pinned buffer."""
+    def to_host(copy: bool) -> list[tuple[str, Tensor]]:
+        if staging is not None:
+            buffers, index = staging
+            return stage_bucket(bucket, dtype, buffers.buffer(index, bucket_nbytes([p for _, p in bucket], dtype)))
         # Tensor.to returns the tensor itself when device and dtype already match: a view, no copy.
-        return [(name, param.detach().to(device="cpu", dtype=dtype).contiguous()) for name, param in bucket]
+        return [(name, param.detach().to(device="cpu", dtype=dtype, copy=copy).contiguous()) for name, param in bucket]
+
+    if not zero3:
+        return to_host(copy=False)
     with deepspeed.zero.GatheredParameters([param for _, param in bucket], modifier_rank=None):
-        return [(name, param.detach().to(device="cpu", dtype=dtype, copy=True).contiguous()) for name, param in bucket]
+        return to_host(copy=True)  # stage_bucket has waited for its copies before the gather ends
 
 
 def save_hf(engine, tokenizer_dir: str, out_dir: str) -> None:
@@ -216,7 +233,7 @@ def save_hf(engine, tokenizer_dir: str, out_dir: str) -> None:
     dtype = next(engine.module.parameters()).dtype
     is_writer = torch.distributed.get_rank() == 0
     state_dict = {}
-    for bucket in iter_publish_tensors(engine, dtype, bucket_bytes=256 * 2**20):
+    for bucket in iter_publish_tensors(engine, dtype, bucket_bytes=256 * 2**20, staged=False):  # kept whole: no reuse
         if is_writer:  # the other ranks only take part in the gathers
             state_dict.update(bucket)
     if is_writer:

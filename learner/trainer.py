@@ -16,6 +16,7 @@ from learner.engine import (
     build_policy_engine,
     build_reference_model,
     iter_publish_tensors,
+    resolve_rollout_dtype,
     save_hf,
 )
 from learner.plan import Layout, choose_layout
@@ -103,12 +104,6 @@ def step_settings(config: Config) -> StepSettings:
         tis_cap=t.tis_cap if config.rollout.async_ else None, epochs=t.epochs, mini_batches=t.mini_batches,
         gae=t.advantage == "gae", gamma=c.gamma, lam=c.lam, value_clip=c.value_clip, whiten_advantages=c.whiten_advantages,
     )
-
-
-def resolve_rollout_dtype(dtype: str) -> str:
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
 def pad_token_id(model_path: str) -> int:

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="YAML config (e.g. configs/quickstart.yaml) and dotted overrides, e.g. train.lr=2e-6 rollout.num_workers=2")
     train.add_argument("--resume", metavar="RUN_DIR", default=None,
                        help="continue RUN_DIR from its newest checkpoint (with its own config; overrides such as train.steps=40 still apply)")
+    train.add_argument("--plan", action="store_true",
+                       help="print which process runs where (devices, memory, dtypes, backends) and exit without starting anything")
 
     export = commands.add_parser("export", help="write a Hugging Face folder from a run's checkpoint")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -51,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("config")
     show.add_argument("overrides", nargs="*")
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "train" or any(item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # `rl train CONFIG --plan key=value`: overrides after an option
+        args.rest += extra
     try:
         if args.command == "config":
             print(to_yaml(load_config(args.config, args.overrides)), end="")
@@ -62,17 +68,18 @@ def main(argv: list[str] | None = None) -> int:
             from rewards.registry import RewardConfigError
             from rl.launcher import train as run_train
             from rl.models import ModelError
+            from rl.placement import PlanError
 
             try:
                 if args.resume:
                     if any("=" not in item for item in args.rest):
                         raise ConfigError("with --resume give only key=value overrides: the run's own config.yaml is used")
                     run_dir = Path(args.resume)
-                    return run_train(load_config(run_dir / "config.yaml", args.rest), resume_dir=run_dir)
+                    return run_train(load_config(run_dir / "config.yaml", args.rest), resume_dir=run_dir, plan_only=args.plan)
                 if not args.rest or "=" in args.rest[0]:
                     raise ConfigError("give a config file: rl train CONFIG [key=value ...] (or rl train --resume RUN_DIR)")
-                return run_train(load_config(args.rest[0], args.rest[1:]))
-            except (ModelError, RewardConfigError, SourceError, CheckpointError) as err:
+                return run_train(load_config(args.rest[0], args.rest[1:]), plan_only=args.plan)
+            except (ModelError, RewardConfigError, SourceError, CheckpointError, PlanError) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
         if args.command == "export":

@@ -129,10 +129,21 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(96, ge=1, description="Maximum completion length in tokens.")
     max_model_len: int = Field(1024, ge=16, description="Longest prompt + completion the engine accepts.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Engine and weight-sync dtype; auto is float32 on CPU, bfloat16 on GPU."
+        "auto", description="Engine and weight-sync dtype; auto: float32 on CPU, bfloat16 on GPUs from Ampere on, float16 before."
     )
     kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU (GiB).")
-    enforce_eager: bool = Field(True, description="Skip graph compilation (faster start, slower decode).")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Share of its GPU's memory each engine may use (vLLM's gpu_memory_utilization); "
+        "default: 0.9 split among the engines of a GPU, 0.4 split on a GPU shared with the learner."
+    )
+    gpu_memory_gib: float | None = Field(None, gt=0, description="Instead: GiB of GPU memory each engine may use.")
+    share_gpu_with_learner: bool | None = Field(
+        None, description="Local workers may run on the learner's GPUs when no GPU is left for them; default: only on a "
+        "single-GPU machine (the workers there share GPU 0 with the learner)."
+    )
+    enforce_eager: bool | None = Field(
+        None, description="Skip CUDA graphs / compilation (faster start, slower decode); default false on GPU, true on CPU."
+    )
     cpu_threads: str | None = Field(None, description="Cores vLLM binds to on CPU, e.g. '0-1'; default all.")
     max_staleness: int = Field(1, ge=0, description="Drop trajectories more than this many policy versions old.")
     async_: bool = Field(
@@ -150,6 +161,12 @@ class RolloutConfig(Section):
     debug_dump_weights: bool = Field(
         False, description="After each sync, workers save their live weights to RUN/worker-K-weights.safetensors (tests)."
     )
+
+    @model_validator(mode="after")
+    def _check_gpu_memory(self) -> RolloutConfig:
+        if self.gpu_memory_utilization is not None and self.gpu_memory_gib is not None:
+            raise ValueError("set rollout.gpu_memory_utilization or rollout.gpu_memory_gib, not both")
+        return self
 
 
 class TrainConfig(Section):
@@ -197,7 +214,9 @@ class TrainConfig(Section):
     epochs: int = Field(1, ge=1, description="Passes over each batch (PPO epochs).")
     adv_eps: float = Field(1e-6, gt=0, description="Added to the group std in the advantage denominator.")
     zero_stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training dtype (float32 on CPU).")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Training dtype; auto: bfloat16 on GPUs that support it (Ampere on), else float32 (always on CPU)."
+    )
     gradient_checkpointing: bool = Field(False)
     threads: int | None = Field(None, ge=1, description="torch threads of the learner; default all cores.")
 

@@ -77,6 +77,7 @@ def run_eval(target: str, config_path: str | None, overrides: list[str], output:
     engine = RolloutEngine(
         str(model_path), dtype=config.rollout.dtype, seed=config.run.seed, max_model_len=config.rollout.max_model_len,
         kv_cache_gib=config.rollout.kv_cache_gib, enforce_eager=config.rollout.enforce_eager, cpu_threads=config.rollout.cpu_threads,
+        gpu_memory_utilization=config.rollout.gpu_memory_utilization, gpu_memory_gib=config.rollout.gpu_memory_gib,
     )
     rewards = RewardPool(reward_sets(config), config.rollout.reward_processes, config.rollout.reward_timeout_s, modules=config.reward_modules)
     metas = []

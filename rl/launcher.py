@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,10 @@ from pathlib import Path
 
 from envs.source import check_run_inputs
 from rl.config import Config, to_yaml
+from rl.devices import FAKE_ENV, detect_machine
 from rl.models import resolve_model
+from rl.placement import VISIBLE_ENV, Plan, PlanError, child_environment, make_plan
+from rl.plan_report import format_plan
 from rl.process_env import DISTRIBUTED_ENV
 
 LEARNER_CHECKPOINT_GRACE_S = 600.0  # writing a checkpoint of a large model takes a while
@@ -29,9 +33,14 @@ def set_parent_death_signal() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def child_env() -> dict[str, str]:
-    # the caller's process group must not leak into the run's processes (see DISTRIBUTED_ENV)
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+def child_env(changes: dict[str, str | None] | None = None) -> dict[str, str]:
+    """This process's environment for a child, with the plan's `changes` (None: remove the variable)."""
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and k != FAKE_ENV}
+    for key, value in (changes or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,13 +48,13 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def spawn(args: list[str], cores: list[int] | None = None) -> subprocess.Popen:
+def spawn(args: list[str], cores: list[int] | None = None, env: dict[str, str | None] | None = None) -> subprocess.Popen:
     def prepare_child() -> None:
         set_parent_death_signal()
         if cores:
             os.sched_setaffinity(0, cores)
 
-    return subprocess.Popen(args, env=child_env(), start_new_session=True, preexec_fn=prepare_child)
+    return subprocess.Popen(args, env=child_env(env), start_new_session=True, preexec_fn=prepare_child)
 
 
 def worker_cores(index: int, count: int, config: Config) -> list[int] | None:
@@ -106,19 +115,55 @@ def interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def train(config: Config, resume_dir: Path | None = None) -> int:
-    """Start a run (or continue `resume_dir` from its newest checkpoint) and supervise it."""
+def local_learner_ranks(config: Config) -> int:
+    """Learner ranks on this machine: all of them, or this host's slots in the hostfile."""
+    if config.learner.hostfile is None:
+        return config.learner.world_size
+    from learner.distributed import parse_hostfile
+
+    names = {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn(), socket.gethostname().split(".")[0]}
+    try:
+        return sum(slots for host, slots in parse_hostfile(config.learner.hostfile).items() if host in names)
+    except (OSError, ValueError):
+        return 0  # check_run_inputs names the problem with the hostfile
+
+
+def plan_run(config: Config) -> Plan:
+    """The run's placement on this machine (RL_FAKE_GPUS: a made-up one); PlanError when none fits."""
+    try:
+        machine = detect_machine()
+    except (ValueError, RuntimeError) as err:
+        raise PlanError(str(err)) from None
+    ranks = local_learner_ranks(config)
+    if machine.gpus and config.learner.hostfile and ranks and os.environ.get(VISIBLE_ENV):
+        raise PlanError(f"with learner.hostfile, DeepSpeed gives the ranks of every node GPUs 0..N-1 whatever CUDA_VISIBLE_DEVICES "
+                        f"says; unset CUDA_VISIBLE_DEVICES (it is {os.environ[VISIBLE_ENV]!r})")
+    count = config.rollout.num_workers
+    cores = tuple(tuple(c) if c else None for c in (worker_cores(i, count, config) for i in range(count)))
+    return make_plan(machine, config, ranks, cores)
+
+
+def train(config: Config, resume_dir: Path | None = None, plan_only: bool = False) -> int:
+    """Start a run (or continue `resume_dir` from its newest checkpoint) and supervise it; `plan_only`: print the plan."""
     # Installed explicitly: a launcher started in the background inherits SIGINT as ignored, and
     # SIGTERM (from a scheduler or `kill`) deserves the same orderly stop as Ctrl-C.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+    plan = plan_run(config)  # an impossible placement fails here, before anything else
+    plan_text = format_plan(plan, config)
+    print(plan_text, flush=True)
+    if plan_only:
+        return 0
     # Bad rewards, distribution names, data files and hostfiles fail here, before any process starts.
     check_run_inputs(config)
     from learner.distributed import learner_command  # torch: not needed until here
 
-    learner_args = ["--run-dir", "RUN", "--model-path", "MODEL"]
+    def learner_argv(args: list[str]) -> list[str]:
+        return learner_command(args, config.learner.world_size, config.learner.hostfile, config.learner.master_port,
+                               sys.executable, master_addr=config.learner.master_addr, include=plan.learner_include())
+
     try:
-        learner_command(learner_args, config.learner.world_size, config.learner.hostfile, config.learner.master_port, sys.executable)
+        learner_argv(["--run-dir", "RUN", "--model-path", "MODEL"])
     except (OSError, ValueError) as err:
         raise SystemExit(f"[rl] learner: {err}") from None
     model_path = resolve_model(config.model)  # a missing model fails before any process starts
@@ -133,23 +178,24 @@ def train(config: Config, resume_dir: Path | None = None) -> int:
         print(f"[rl] resuming {run_dir} from {checkpoint.name}", flush=True)
         (run_dir / "learner_address").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config))
-    if config.rollout.async_ and config.rollout.num_workers > 0 and not has_cuda():
+    (run_dir / "plan.txt").write_text(plan_text + "\n")
+    if config.rollout.async_ and config.rollout.num_workers > 0 and not plan.on_gpu:
         print("[rl] note: rollout.async on a CPU-only machine: the local workers generate on the cores the learner "
               "trains on, which usually makes each step slower, not faster (measured in docs/benchmarks.md); "
               "asynchronous training pays off when generation and training run on different devices", flush=True)
 
     learner_args = ["--run-dir", str(run_dir), "--model-path", str(model_path)] + (["--resume"] if resume_dir is not None else [])
     # One rank: a plain process. Several (learner.world_size, or a hostfile): DeepSpeed's own launcher.
-    learner = spawn(learner_command(learner_args, config.learner.world_size, config.learner.hostfile,
-                                    config.learner.master_port, sys.executable, master_addr=config.learner.master_addr))
+    learner = spawn(learner_argv(learner_args), env=child_environment(plan, plan.learner[0]) if plan.learner else None)
     processes = [learner]
     try:
         address = wait_for_address(run_dir / "learner_address", learner)
-        for i in range(config.rollout.num_workers):
+        for i, placement in enumerate(plan.workers):
             command = [sys.executable, "-m", "rollout.main", "--connect", address, "--name", f"local-{i}"]
             if config.transport.curve_keys:
                 command += ["--keys", str(Path(config.transport.curve_keys).expanduser().resolve())]
-            processes.append(spawn(command, worker_cores(i, config.rollout.num_workers, config)))
+            cores = list(placement.cores) if placement.cores else None
+            processes.append(spawn(command, cores, env=child_environment(plan, placement, lock_dir=run_dir)))
         return supervise(learner, processes)
     except KeyboardInterrupt:
         print("\n[rl] interrupted: the learner saves a checkpoint, then everything stops", flush=True)

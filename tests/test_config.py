@@ -92,3 +92,13 @@ def test_train_rejects_unknown_reward_before_loading_model(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("rewards: [{name: boxed_answr}]\nmodel: /nonexistent\n")
     assert cli_main(["train", str(tmp_path / "c.yaml")]) == 2
     assert "did you mean 'boxed_answer'" in capsys.readouterr().err
+
+
+def test_device_settings_default_to_auto_and_memory_budgets_exclude_each_other(configs):
+    config = load_config(configs / "child.yaml")
+    assert (config.train.dtype, config.rollout.dtype, config.rollout.enforce_eager) == ("auto", "auto", None)
+    assert (config.rollout.gpu_memory_utilization, config.rollout.gpu_memory_gib, config.rollout.share_gpu_with_learner) == (None, None, None)
+    with pytest.raises(ConfigError, match="set rollout.gpu_memory_utilization or rollout.gpu_memory_gib, not both"):
+        load_config(configs / "child.yaml", ["rollout.gpu_memory_utilization=0.5", "rollout.gpu_memory_gib=10"])
+    with pytest.raises(ConfigError, match="gpu_memory_utilization"):
+        load_config(configs / "child.yaml", ["rollout.gpu_memory_utilization=1.5"])

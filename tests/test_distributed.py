@@ -231,6 +231,18 @@ def test_learner_command_parses_with_deepspeed_runner(fake_python):
     assert (parsed.user_script, parsed.user_args) == ("learner.main", args)
 
 
+def test_learner_command_on_planned_gpus_uses_include(fake_python):
+    """The plan's --include replaces --num_gpus, and DeepSpeed's own parser picks exactly those GPUs."""
+    from deepspeed.launcher.runner import parse_args, parse_inclusion_exclusion
+
+    command = ld.learner_command(["--resume"], 2, None, 29515, fake_python, include="localhost:1,3")
+    assert command[2:6] == ["--include", "localhost:1,3", "--master_port", "29515"] and "--num_gpus" not in command
+    parsed = parse_args(command[2:])
+    assert parse_inclusion_exclusion({"localhost": 4}, parsed.include, parsed.exclude) == {"localhost": [1, 3]}
+    with pytest.raises(ValueError, match="does not name 3 devices"):
+        ld.learner_command([], 3, None, 29500, fake_python, include="localhost:0,1")
+
+
 PROBE = textwrap.dedent(
     """
     from __future__ import annotations

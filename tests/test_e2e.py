@@ -118,6 +118,7 @@ def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "rl.cli", "train", str(config)], cwd=REPO, timeout=600, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert result.stdout.startswith("[rl] plan (")  # the log starts with the placement plan
     run_dir = run_dir_of(tmp_path)
     check_run(run_dir, workers=1)
     initial = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
