@@ -8,14 +8,7 @@ import pytest
 import torch
 
 from tests.packing_exactness import ALGORITHMS, TOLERANCES, compare_layouts
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_learner_engine import two_threads  # noqa: F401  (module-wide: 2 torch threads)
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
