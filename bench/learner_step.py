@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from learner.batch import TrainSample  # noqa: E402
 from learner.plan import Layout  # noqa: E402
+from rl.process_env import DISTRIBUTED_ENV  # noqa: E402
 
 SHAPES = {  # prompts, samples per prompt, prompt length range, completion length range
     "quickstart": (8, 4, (125, 136), (10, 41)),
@@ -109,7 +111,9 @@ def measure(path: str, shape: str, repeats: int, device: str, model: str, max_to
 def run_in_subprocess(path: str, shape: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", path, "--shapes", shape, "--repeats", str(args.repeats),
                "--device", args.device, "--model", args.model, "--max-tokens", str(args.max_tokens)]
-    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    # a process group of the caller's (MASTER_PORT, RANK, ...) must not leak into the measured process
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{path} on {shape} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
