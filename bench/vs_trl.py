@@ -4,7 +4,7 @@ value:     median seconds per step of `rl train` (vLLM rollout worker + DeepSpee
            from `time/step_seconds` in the run's metrics.jsonl: generation, rewards, the update
            and the weight sync to the worker.
 reference: median seconds per step of TRL's GRPOTrainer (transformers `generate`, no vLLM), timed
-           by a TrainerCallback from on_step_begin to on_step_end (bench/trl_side.py).
+           by a TrainerCallback from on_step_begin to on_step_end (bench/support/trl_side.py).
 ratio:     reference / value, TRL's time over ours: above 1 means we are faster.
 
 The work, the same for both: SmolLM2-135M-Instruct (`rl.models.resolve_model`, the fp32 folder
@@ -14,11 +14,11 @@ token ids equal ours), 8 prompts x 4 samples per step, up to 64 new tokens, temp
 lr 1e-6, no KL (beta 0), one optimizer step per batch in micro-batches of 8, 2 threads. The
 tasks are the ones our learner draws, in its order, and TRL does not shuffle them, so step k of
 both sides sees the same 8 prompts (checked against the run's trained_samples.jsonl). Rewards:
-our `boxed_answer`; for TRL the same check written out in trl_side.py. TRL's defaults bf16 and
+our `boxed_answer`; for TRL the same check written out in bench/support/trl_side.py. TRL's defaults bf16 and
 gradient checkpointing are off. Each run trains a warm-up step plus --steps timed steps per side;
 a run's figure is the median of its timed steps, and the result is the median over --runs runs.
 
-TRL lives in its own venv, `.venv-trl/` at the repository root (bench/trl_venv.py: pinned TRL,
+TRL lives in its own venv, `.venv-trl/` at the repository root (bench/support/trl_venv.py: pinned TRL,
 transformers, accelerate, and torch pinned to the project's CPU build), installed on first use
 (about 100 s). Logs, the tasks and both sides' metrics stay in runs/vs_trl-TIME/. A smoke test:
 `--runs 1 --steps 1` (a warm-up and one timed step per side).
@@ -44,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # before bench/, whose rollout.py would shadow the package
 
-from bench.trl_venv import TRL_PINS, ensure_trl_venv  # noqa: E402
+from bench.support.trl_venv import TRL_PINS, ensure_trl_venv  # noqa: E402
 
 PROMPTS, SAMPLES, MICRO_BATCH, MAX_NEW_TOKENS, LR, THREADS = 8, 4, 8, 64, 1e-6, 2
 CONFIG = REPO / "configs" / "quickstart.yaml"
@@ -116,7 +116,7 @@ def run_ours(total_steps: int, work: Path, run: int) -> dict:
 
 def run_trl(python: Path, model_path: Path, tasks: Path, total_steps: int, work: Path, run: int) -> dict:
     out = work / f"trl-{run}.json"
-    args = [str(python), str(REPO / "bench" / "trl_side.py"), "--model", str(model_path), "--tasks", str(tasks),
+    args = [str(python), str(REPO / "bench" / "support" / "trl_side.py"), "--model", str(model_path), "--tasks", str(tasks),
             "--steps", str(total_steps), "--out", str(out), "--prompts", str(PROMPTS), "--samples", str(SAMPLES),
             "--micro-batch", str(MICRO_BATCH), "--max-new-tokens", str(MAX_NEW_TOKENS), "--lr", str(LR),
             "--threads", str(THREADS), "--output-dir", str(work / f"trl-{run}")]

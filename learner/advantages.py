@@ -22,7 +22,6 @@ With a critic (PPO-RLHF, Ouyang et al. 2022; Ziegler et al. 2019), per token on 
   completion token.
 - `gae`: Generalized Advantage Estimation (Schulman et al. 2016, eq. 16),
   delta_t = r_t + gamma * V_{t+1} - V_t,  A_t = delta_t + gamma * lam * A_{t+1},  returns = A + V.
-- `masked_whiten`: standardise advantages over the batch's completion tokens.
 
 Masks are 1 on completion tokens and 0 on prompt and padding columns. Masked-out positions are
 selected away with torch.where (never multiplied by 0), so inf or NaN there cannot leak.
@@ -112,18 +111,3 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: 
         next_advantage = torch.where(here, advantage, next_advantage)
     returns = torch.where(valid, advantages + values, 0.0)  # (B, T) targets for the value head
     return advantages, returns
-
-
-def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """Return (x - mean) / sqrt(var + eps) over the elements where mask is 1, and 0 elsewhere.
-
-    Uses the population variance (divide by the count, not count - 1): over a batch's thousands of
-    tokens the two are the same to the precision that matters, and it makes "unit variance" exact.
-    """
-    valid = mask > 0
-    count = valid.sum().clamp(min=1)  # an empty mask gives all zeros, not NaN
-    x_in = torch.where(valid, x.float(), 0.0)
-    mean = x_in.sum() / count
-    centred = torch.where(valid, x_in - mean, 0.0)
-    var = (centred**2).sum() / count  # population variance
-    return centred / torch.sqrt(var + eps)

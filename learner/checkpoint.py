@@ -8,7 +8,7 @@
         trainer_state.json    step, policy version, task-source and curriculum state, W&B run id
 
 A checkpoint is written to `.tmp-step-000004` and renamed when complete, so a crash mid-write
-never leaves a folder that looks complete; `latest_checkpoint` only considers renamed ones. With
+never leaves a folder that looks complete; `find_checkpoint` only considers renamed ones. With
 several learner ranks the DeepSpeed saves are collective (each rank writes its partitions); rank 0
 alone writes the rest and renames.
 """
@@ -55,11 +55,6 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
         if suffix.isdigit() and (path / STATE_FILE).is_file():
             found.append((int(suffix), path))
     return sorted(found)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1][1] if found else None
 
 
 def find_checkpoint(run_dir: Path, step: int | None = None) -> Path:

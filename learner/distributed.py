@@ -1,7 +1,7 @@
 """torch.distributed helpers for a learner that runs as N ranks, and the command that starts them.
 
 Only rank 0 talks to the rollout workers; it hands each step's batch to the other ranks with
-`broadcast_samples`, and every rank then trains on its `shard`. Nothing that came from the network
+`broadcast_samples`, and every rank then trains on its share (`learner.plan`). Nothing that came from the network
 is pickled: samples travel as typed tensors (`broadcast_object_list` would unpickle on every rank).
 
 Every helper works without an initialised process group (one process: rank 0 of 1), so the same
@@ -83,13 +83,6 @@ def broadcast_int(value: int | None, src: int = 0) -> int:
     return int(_broadcast(tensor, src).item())
 
 
-def broadcast_flag(value: bool | None, src: int = 0) -> bool:
-    """Return `src`'s decision (e.g. "stop requested") on every rank; `value` is ignored elsewhere (pass None)."""
-    if rank() == src and value is None:
-        raise ValueError(f"broadcast_flag: rank {src} is the source and must pass a value, not None")
-    return bool(broadcast_int(None if value is None else int(bool(value)), src))
-
-
 def all_reduce_sum(value: float) -> float:
     """Sum a Python number over all ranks (in float64) and return it on every rank; identity without a process group."""
     if not is_distributed():
@@ -97,23 +90,6 @@ def all_reduce_sum(value: float) -> float:
     tensor = torch.tensor([float(value)], dtype=torch.float64, device=comm_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item())
-
-
-def shard(items: list[T], rank: int, world_size: int) -> list[T]:
-    """Return rank `rank`'s contiguous slice of `items` out of `world_size` near-equal slices.
-
-    Slice sizes differ by at most one, earlier ranks take the extra items, order is kept, and the
-    slices of ranks 0..world_size-1 concatenated give `items` back. A rank may get an empty slice
-    when there are fewer items than ranks.
-    """
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    base, extra = divmod(len(items), world_size)
-    start = rank * base + min(rank, extra)
-    stop = start + base + (1 if rank < extra else 0)
-    return items[start:stop]
 
 
 def field_kinds(cls: type) -> list[tuple[str, str]]:

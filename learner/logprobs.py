@@ -106,18 +106,6 @@ def completion_logprobs(model, mb: MicroBatch, temperature: float = 1.0, with_en
     return to_grid(logprobs, token_mask)
 
 
-def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0) -> Tensor:
-    """(B, L-1): logprob of input_ids[:, t+1] given input_ids[:, :t+1], the LM head on every position.
-
-    The textbook computation, kept as the reference the completion-only path is tested and benchmarked against.
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = input_ids[:, 1:].unsqueeze(-1)
-    return torch.gather(logits, -1, targets).squeeze(-1).float() - torch.logsumexp(logits.float(), dim=-1)
-
-
 def token_entropy(logits: Tensor) -> Tensor:
     """Entropy of softmax(logits) over the last dimension, in float32 and with grad.
 

@@ -1,7 +1,7 @@
 """PPO-family policy and value losses (GRPO, DAPO, Dr. GRPO, PPO-RLHF) as pure functions of tensors.
 
-`grpo_loss` is GRPO as in Shao et al. 2024, "DeepSeekMath", eq. (3) and (4), and a thin wrapper over
-`policy_loss`, which adds the knobs of its successors. Where we depart from the paper by default:
+`policy_loss` is GRPO as in Shao et al. 2024, "DeepSeekMath", eq. (3) and (4), with the knobs of
+its successors. Where we depart from the paper by default:
 
 - **Token-level aggregation** (DAPO, Yu et al. 2025, section 3.3) instead of the paper's mean over
   each sequence's tokens followed by a mean over sequences: per-token losses are summed over every
@@ -57,11 +57,6 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str) -> Tensor:
     if kind == "k2":
         return 0.5 * log_ratio**2
     return torch.exp(-log_ratio) + log_ratio - 1
-
-
-def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """Per-token k3 estimate of KL(pi || pi_ref) on tokens sampled from pi; >= 0, unbiased, low variance."""
-    return kl_estimate(logprobs, ref_logprobs, "k3")
 
 
 def _masked_share(x: Tensor, valid: Tensor, num_tokens: float) -> float:
@@ -198,33 +193,6 @@ def policy_loss(
         if inputs.is_weights is not None:
             metrics["is_weight"] = _masked_share(inputs.is_weights, valid, num_tokens)
     return loss, metrics
-
-
-@dataclass
-class GRPOLossInputs:
-    learner_logprobs: Tensor  # (B, T) logprobs of the taken tokens under the current policy, with grad
-    old_logprobs: Tensor  # (B, T) logprobs under the policy the ratio is taken against (detached)
-    advantages: Tensor  # (B,) one per sequence, broadcast over its tokens
-    loss_mask: Tensor  # (B, T) 1 on completion tokens, 0 on prompt and padding
-    ref_logprobs: Tensor | None = None  # (B, T) frozen reference policy; None when kl_coef == 0
-
-
-def grpo_loss(inputs: GRPOLossInputs, *, clip_eps: float, kl_coef: float, num_tokens: int) -> tuple[Tensor, dict[str, float]]:
-    """Return (scalar loss, metrics): this micro-batch's share of the batch's token-mean GRPO loss."""
-    logprobs = inputs.learner_logprobs
-    advantages = inputs.advantages.to(logprobs.dtype).unsqueeze(1).expand_as(logprobs)  # (B, T)
-    loss, metrics = policy_loss(
-        PolicyLossInputs(logprobs, inputs.old_logprobs, advantages, inputs.loss_mask, inputs.ref_logprobs),
-        clip_low=clip_eps,
-        clip_high=clip_eps,
-        kl_coef=kl_coef,
-        kl_estimator="k3",
-        entropy_coef=0.0,
-        agg="token_mean",
-        num_tokens=num_tokens,
-        num_sequences=logprobs.shape[0],  # unused by token_mean
-    )
-    return loss, {key: metrics[key] for key in ("loss/pg", "loss/kl", "kl", "clip_frac")}
 
 
 def value_loss(

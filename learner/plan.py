@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from learner.batch import MicroBatch, TrainSample, collate_packed, collate_padded
 from learner.logprobs import hf_config, packing_unsupported_reason
+from rl.coordinator import split_evenly
 
 log = logging.getLogger("learner")
 
@@ -43,28 +44,12 @@ class MiniBatchPlan:
     num_sequences: int = 0  # samples with a token in the loss, every rank's
 
 
-def sample_tokens(s: TrainSample) -> int:
-    return len(s.prompt_ids) + len(s.completion_ids)
-
-
 def group_indices(samples: list[TrainSample], indices: list[int]) -> list[list[int]]:
     """`indices` grouped by identical prompt, groups in order of first appearance."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i in indices:
         groups.setdefault(tuple(samples[i].prompt_ids), []).append(i)
     return list(groups.values())
-
-
-def split_evenly(items: list, parts: int) -> list[list]:
-    """`parts` consecutive slices whose sizes differ by at most one; empty slices are left out."""
-    base, extra = divmod(len(items), max(1, parts))
-    out, start = [], 0
-    for k in range(max(1, parts)):
-        size = base + (1 if k < extra else 0)
-        if size:
-            out.append(items[start : start + size])
-        start += size
-    return out
 
 
 def pack_groups(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -124,7 +109,7 @@ def plan_step(samples: list[TrainSample], layout: Layout, mini_batches: int = 1,
         raise ValueError("no samples to train on")
     ordered = [i for group in group_indices(samples, list(range(len(samples)))) for i in group]
     plans = []
-    for indices in split_evenly(ordered, mini_batches):
+    for indices in (part for part in split_evenly(ordered, max(1, mini_batches)) if part):
         every = micro_batches_of(samples, indices, layout, world_size)
         owned = assign_to_ranks(every, world_size)
         count = max(len(o) for o in owned)

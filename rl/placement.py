@@ -214,16 +214,22 @@ def check_budgets(gpu: Gpu, budgets: list[float], shared: bool, config: Config) 
                     f"more than {limit:.2f}{beside}: set {fix} or less, or use fewer rollout.num_workers")
 
 
+def gpus_before_ampere(key: str, requested: str, gpus: list[Gpu], why: str, instead: str) -> list[Gpu]:
+    """The GPUs without bf16; a request for bfloat16 on one of them is refused with the fix."""
+    old = [g for g in gpus if not g.bf16]
+    if requested == "bfloat16" and old:
+        raise PlanError(f"{key}=bfloat16 needs compute capability 8.0 (Ampere) but GPU {old[0].index} ({old[0].name}) has "
+                        f"{old[0].capability[0]}.{old[0].capability[1]}{why}: set {key}=auto ({instead})")
+    return old
+
+
 def train_dtype_for(requested: str, gpus: list[Gpu]) -> str:
     """The learner's dtype on `gpus` (none: the CPU)."""
     if not gpus:
         if requested == "bfloat16":
             raise PlanError("train.dtype=bfloat16 needs a GPU and this machine has none; set train.dtype=auto (float32 on CPU)")
         return "float32"
-    old = [g for g in gpus if not g.bf16]
-    if requested == "bfloat16" and old:
-        raise PlanError(f"train.dtype=bfloat16 needs compute capability 8.0 (Ampere) but GPU {old[0].index} ({old[0].name}) has "
-                        f"{old[0].capability[0]}.{old[0].capability[1]}: set train.dtype=auto (float32 there)")
+    old = gpus_before_ampere("train.dtype", requested, gpus, "", "float32 there")
     if requested == "auto":
         return "float32" if old else "bfloat16"
     return requested
@@ -233,10 +239,7 @@ def rollout_dtype_for(requested: str, gpus: list[Gpu] | None) -> str:
     """The rollout engines' dtype on `gpus` (None or empty: the CPU)."""
     if not gpus:
         return "float32" if requested == "auto" else requested  # this kind of CPU has no bf16 hardware: fp32 is faster
-    old = [g for g in gpus if not g.bf16]
-    if requested == "bfloat16" and old:
-        raise PlanError(f"rollout.dtype=bfloat16 needs compute capability 8.0 (Ampere) but GPU {old[0].index} ({old[0].name}) has "
-                        f"{old[0].capability[0]}.{old[0].capability[1]} and vLLM refuses it there: set rollout.dtype=auto (float16)")
+    old = gpus_before_ampere("rollout.dtype", requested, gpus, " and vLLM refuses it there", "float16")
     if requested == "auto":
         return "float16" if old else "bfloat16"
     return requested

@@ -6,7 +6,6 @@ import torch
 from learner.advantages import (
     gae,
     group_advantages,
-    masked_whiten,
     rloo_advantages,
     token_level_rewards,
 )
@@ -143,14 +142,3 @@ def test_gae_skips_a_hole_without_discounting_across_it():
     # t2: delta = 1 - 0.2 = 0.8; t0: delta = 0.9 * 0.2 - 0.5 = -0.32, A0 = -0.32 + 0.9 * 0.8 = 0.4
     adv, _ = gae(torch.tensor([[0.0, 5.0, 1.0]]), torch.tensor([[0.5, 9.0, 0.2]]), torch.tensor([[1.0, 0.0, 1.0]]), 0.9, 1.0)
     torch.testing.assert_close(adv, torch.tensor([[0.4, 0.0, 0.8]]), atol=1e-6, rtol=0)
-
-
-def test_masked_whiten_population_variance():
-    x = torch.tensor([[1e6, 1.0, 2.0, 3.0], [math.inf, 4.0, 5.0, math.nan]])
-    # masked-in 1..5: mean 3, population var (4 + 1 + 0 + 1 + 4) / 5 = 2 (unbiased would be 2.5)
-    # -> (x - 3) / sqrt(2) = [-1.414214, -0.707107, 0, 0.707107, 1.414214]
-    out = masked_whiten(x, GAE_MASK)
-    s = math.sqrt(2.0)
-    expected = torch.tensor([[0.0, -2 / s, -1 / s, 0.0], [0.0, 1 / s, 2 / s, 0.0]])
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
-    assert torch.equal(masked_whiten(x, torch.zeros(2, 4)), torch.zeros(2, 4))  # empty mask: zeros, no NaN

@@ -1,4 +1,4 @@
-"""learner.distributed: sample broadcast over 2 gloo ranks, sharding, scalar collectives, the launcher command."""
+"""learner.distributed: sample broadcast over 2 gloo ranks, scalar collectives, the launcher command."""
 
 from __future__ import annotations
 
@@ -99,17 +99,14 @@ def _worker(local_rank: int, world: int, port: int) -> None:
 
         assert ld.broadcast_int(-(2**62) if mine else None) == -(2**62)
         assert ld.broadcast_int(12345 if local_rank == 1 else 0, src=1) == 12345
-        assert ld.broadcast_flag(True if mine else None) is True
-        assert ld.broadcast_flag(not mine) is False  # rank 1's True is ignored
-        assert ld.broadcast_flag(True if local_rank == 1 else None, src=1) is True
 
         total = ld.all_reduce_sum(local_rank + 0.1)
         assert type(total) is float and total == 0.1 + 1.1
         assert ld.all_reduce_sum(3) == 6.0
 
-        # The usual step: rank 0 broadcasts, every rank trains on its shard, and the shards cover the batch.
+        # The usual step: rank 0 broadcasts and every rank holds the same batch.
         batch = ld.broadcast_samples(make_records() if mine else None, Record)
-        assert ld.shard(batch, local_rank, world) == (expected_records()[:3] if local_rank == 0 else expected_records()[3:])
+        assert batch == expected_records()
         ld.barrier()
     finally:
         dist.destroy_process_group()
@@ -119,24 +116,6 @@ def test_two_gloo_ranks():
     mp.spawn(_worker, args=(2, free_port()), nprocs=2, join=True)
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 5, 7, 8, 16])
-@pytest.mark.parametrize("world", [1, 2, 3, 4])
-def test_shard(n, world):
-    items = list(range(n))
-    shards = [ld.shard(items, r, world) for r in range(world)]
-    assert [x for s in shards for x in s] == items
-    sizes = [len(s) for s in shards]
-    assert max(sizes) - min(sizes) <= 1
-    assert sizes == sorted(sizes, reverse=True)  # earlier ranks take the extra items
-
-
-def test_shard_rejects_bad_rank():
-    with pytest.raises(ValueError):
-        ld.shard([1, 2], 2, 2)
-    with pytest.raises(ValueError):
-        ld.shard([1, 2], 0, 0)
-
-
 def test_single_process():
     """Without the launcher (or with a one-rank group) every helper is the identity."""
     assert (ld.rank(), ld.world_size(), ld.is_main()) == (0, 1, True)
@@ -144,7 +123,6 @@ def test_single_process():
     assert ld.broadcast_samples(records, Record) == records
     assert ld.broadcast_samples([], Record) == []
     assert ld.broadcast_int(7) == 7
-    assert ld.broadcast_flag(True) is True
     assert ld.all_reduce_sum(2.5) == 2.5
     ld.barrier()
     with pytest.raises(ValueError, match="source"):

@@ -1,22 +1,46 @@
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
+from torch import Tensor
 
 from learner.logprobs import token_entropy
 from learner.losses import (
     KL_ESTIMATORS,
     LOSS_AGG_MODES,
-    GRPOLossInputs,
     PolicyLossInputs,
     aggregate_loss,
-    grpo_loss,
     kl_estimate,
-    kl_k3,
     policy_loss,
     truncated_is_weights,
     value_loss,
 )
+
+@dataclass
+class GRPOLossInputs:
+    learner_logprobs: Tensor  # (B, T) with grad
+    old_logprobs: Tensor  # (B, T) detached
+    advantages: Tensor  # (B,) one per sequence
+    loss_mask: Tensor  # (B, T)
+    ref_logprobs: Tensor | None = None
+
+
+def grpo_loss(inputs: GRPOLossInputs, *, clip_eps: float, kl_coef: float, num_tokens: int):
+    """The paper's GRPO (symmetric clip, k3 KL in the loss, token mean) through `policy_loss`."""
+    logprobs = inputs.learner_logprobs
+    advantages = inputs.advantages.to(logprobs.dtype).unsqueeze(1).expand_as(logprobs)
+    loss, metrics = policy_loss(
+        PolicyLossInputs(logprobs, inputs.old_logprobs, advantages, inputs.loss_mask, inputs.ref_logprobs),
+        clip_low=clip_eps, clip_high=clip_eps, kl_coef=kl_coef, kl_estimator="k3", entropy_coef=0.0, agg="token_mean",
+        num_tokens=num_tokens, num_sequences=logprobs.shape[0],
+    )
+    return loss, {key: metrics[key] for key in ("loss/pg", "loss/kl", "kl", "clip_frac")}
+
+
+def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    return kl_estimate(logprobs, ref_logprobs, "k3")
+
 
 # Two sequences, three tokens; ratios chosen by hand, old logprobs 0 so learner = log(ratio).
 RATIOS = torch.tensor([[1.0, 1.5, 0.5], [1.1, 0.7, 2.0]])

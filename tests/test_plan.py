@@ -3,7 +3,7 @@
 import logging
 
 from learner.batch import TrainSample
-from learner.plan import Layout, assign_to_ranks, choose_layout, pack_groups, plan_step, split_evenly
+from learner.plan import Layout, assign_to_ranks, choose_layout, pack_groups, plan_step
 
 
 def group(prompt_len: int, completion_lens: list[int], first_token: int, in_loss: bool = True) -> list[TrainSample]:
@@ -17,9 +17,8 @@ def test_first_fit_decreasing_and_a_group_over_the_budget_gets_its_own_row():
     assert pack_groups([10], 5) == [[0]]
 
 
-def test_split_evenly():
-    assert split_evenly(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
-    assert split_evenly([1], 3) == [[1]]
+def test_more_mini_batches_than_samples_leave_no_empty_update():
+    assert len(plan_step(group(3, [2], 100), Layout(), mini_batches=3)) == 1
 
 
 def test_packed_plan_puts_each_prompt_once_and_respects_the_budget():

@@ -5,7 +5,7 @@ order our learner draws them; no shuffling, so step k of both sides sees the sam
 writes the wall time of every optimizer step (a TrainerCallback, on_step_begin to on_step_end:
 generation, rewards, forward/backward of 4 micro-batches, optimizer step) to a JSON file.
 
-    .venv-trl/bin/python bench/trl_side.py --model DIR --tasks TASKS.json --steps 6 --out OUT.json
+    .venv-trl/bin/python bench/support/trl_side.py --model DIR --tasks TASKS.json --steps 6 --out OUT.json
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ NUMBER = re.compile(r"^[-+]?\d[\d,]*(\.\d+)?$")
 
 
 def last_boxed(text: str) -> str | None:
-    """Contents of the last \\boxed{...} (nested braces allowed); None if absent or unclosed."""
+    """Contents of the last \\boxed{...} (nested braces allowed); None if absent or unclosed.
+
+    The rule of rewards/boxed.py, written out again on purpose: this script runs in TRL's venv,
+    which has none of the project's dependencies (importing `rewards` pulls in rl.wire)."""
     start = text.rfind(BOXED)
     if start < 0:
         return None
