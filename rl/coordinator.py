@@ -20,6 +20,7 @@ from rl.transport import LearnerEndpoint
 from rl.wire import (
     Heartbeat,
     Hello,
+    RolloutTimings,
     SampleMeta,
     Samples,
     SamplingParams,
@@ -59,6 +60,7 @@ class WorkerInfo:
     identity: bytes
     name: str
     version: int = -1
+    engine_ready: bool = False  # it said its engine is up (its first WeightsLoaded); no task goes to it before
     joined_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
 
@@ -91,6 +93,12 @@ class RolloutJob:
     pending: list[int] = field(default_factory=list)  # chunk positions not (or no longer) at any worker
     results: dict[int, list[Trajectory]] = field(default_factory=dict)  # chunk position -> its samples
     durations: list[float] = field(default_factory=list)  # seconds each answered chunk took
+    timings: dict[int, RolloutTimings] = field(default_factory=dict)  # chunk position -> its worker's account
+
+    @property
+    def generate_seconds(self) -> float:
+        """Seconds the answering workers' engines spent generating, summed over chunks (0 if none said)."""
+        return sum(t.generate_seconds for t in self.timings.values())
 
     @property
     def done(self) -> bool:
@@ -152,12 +160,14 @@ class Coordinator:
     # ------------------------------------------------------------ membership
 
     def wait_for_workers(self, count: int, timeout_s: float) -> None:
+        """Until `count` workers have their engines up, so that the first step is split among all of them and
+        its rollout time is generation, not engine start-up."""
         deadline = time.monotonic() + timeout_s
-        while len(self.workers) < count:
+        while (started := sum(w.engine_ready for w in self.workers.values())) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"only {len(self.workers)} of {count} rollout workers connected to {self.endpoint.address} "
-                    f"within {timeout_s:.0f} s"
+                    f"only {started} of {count} rollout workers connected to {self.endpoint.address} and started their "
+                    f"engines within {timeout_s:.0f} s ({len(self.workers)} connected)"
                 )
             self.pump(timeout_ms=500)
 
@@ -251,8 +261,15 @@ class Coordinator:
             return False
 
     def record_ack(self, identity: bytes, ack: WeightsLoaded) -> None:
-        if identity in self.workers:
-            self.workers[identity].version = ack.version
+        """Version 0 is a worker's word that its engine is up with the weights from disk (sent once, first);
+        a publication's ack is the version it now holds."""
+        worker = self.workers.get(identity)
+        if worker is not None:
+            if not worker.engine_ready:
+                log.info("rollout worker %d (%s) started its engine in %.1f s", worker.worker_id, worker.name, ack.load_seconds)
+            worker.engine_ready = True
+            if ack.version > 0:  # a worker waiting for a publication (worker.version -1) does not hold version 0
+                worker.version = ack.version
         if self.last_sync is not None and ack.version == self.last_sync.version:
             self.last_sync.acked[ack.worker_id] = time.perf_counter() - self.last_sync.started
             self.last_sync.load_seconds[ack.worker_id] = ack.load_seconds
@@ -361,8 +378,8 @@ class Coordinator:
         return job.trajectories()
 
     def ready_workers(self) -> list[WorkerInfo]:
-        """Workers that hold weights (a worker that joined mid-run may wait for the next publication)."""
-        return [w for w in self.workers.values() if w.version >= 0]
+        """Workers whose engine is up and that hold weights (one that joined mid-run may wait for the next publication)."""
+        return [w for w in self.workers.values() if w.engine_ready and w.version >= 0]
 
     def load(self, identity: bytes) -> int:
         return sum(1 for owner in self.outstanding.values() if owner == identity)
@@ -424,6 +441,8 @@ class Coordinator:
                 job.pending.append(request.position)
             return
         job.results[request.position] = unpack_samples(message, payload)
+        if message.timings is not None:
+            job.timings[request.position] = message.timings
         job.durations.append(time.monotonic() - request.sent_at)
         for other_id, other in list(self.inflight.items()):  # the copy still running is no longer wanted
             if other.job is job and other.position == request.position:

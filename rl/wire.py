@@ -174,6 +174,9 @@ class Weights(Message):
 
 
 class WeightsLoaded(Message):
+    """W->L: the worker now holds `version`. Version 0, sent once right after its engine started, says that the
+    engine is up with the weights from disk (load_seconds: the engine's start-up); the learner sends tasks only then."""
+
     kind: ClassVar[str] = "weights_loaded"
     worker_id: Count
     version: Count
@@ -217,6 +220,15 @@ class SampleMeta(BaseModel):
     text: str = Field(description="Decoded completion, for logs and evaluation tables.")
 
 
+class RolloutTimings(BaseModel):
+    """Where a worker's time on one request went (wall seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+    generate_seconds: FiniteFloat = Field(ge=0, description="Inside the engine's generate call.")
+    score_seconds: FiniteFloat = Field(ge=0, description="Scoring the completions with the reward pool.")
+    worker_seconds: FiniteFloat = Field(ge=0, description="From the Tasks message read to the Samples message ready.")
+
+
 class Samples(Message):
     """Frames: 1 prompt ids int32, 2 completion ids int32, 3 sampling logprobs float32, all samples concatenated."""
 
@@ -225,6 +237,7 @@ class Samples(Message):
     purpose: Literal["train", "eval"]
     worker_id: Count
     samples: Annotated[list[SampleMeta], FailFast()] = Field(max_length=MAX_LIST_ITEMS)
+    timings: RolloutTimings | None = Field(None, description="The worker's own account of the request (None: not given).")
 
 
 class Shutdown(Message):

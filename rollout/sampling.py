@@ -7,6 +7,7 @@ version.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,8 @@ class SampleBatch:
     prompt_ids: list[int] = field(default_factory=list)  # all samples' prompts, concatenated
     completion_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    generate_seconds: float = 0.0  # wall time inside the engine
+    score_seconds: float = 0.0  # wall time in the reward pool
 
     def frames(self) -> list[np.ndarray]:
         """The three array frames of a `Samples` message."""
@@ -37,10 +40,12 @@ def sample_and_score(
     sample_prefix: str, policy_version: int, worker_id: int,
 ) -> SampleBatch:
     prompts = render_prompts(tokenizer, tasks)
+    started = time.perf_counter()
     outputs = engine.generate(
         prompts, n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
         max_tokens=sampling.max_tokens, seed=sampling.seed,
     )
+    generated = time.perf_counter()
     flat = [(t, s, completion) for t, completions in enumerate(outputs) for s, completion in enumerate(completions)]
     groups: dict[int, list[int]] = {}
     for index, (t, _, _) in enumerate(flat):
@@ -52,7 +57,7 @@ def sample_and_score(
         [{"num_tokens": len(c.token_ids), "finish_reason": c.finish_reason} for _, _, c in flat],
         groups=list(groups.values()),
     )
-    batch = SampleBatch()
+    batch = SampleBatch(generate_seconds=generated - started, score_seconds=time.perf_counter() - generated)
     for (t, s, completion), score in zip(flat, scored):
         task, prompt = tasks[t], prompts[t]
         batch.metas.append(

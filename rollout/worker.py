@@ -21,6 +21,7 @@ from rl.transport import WorkerEndpoint
 from rl.wire import (
     NUMPY_DTYPES,
     Hello,
+    RolloutTimings,
     Samples,
     Shutdown,
     Tasks,
@@ -75,6 +76,8 @@ class RolloutWorker:
             gpu_memory_gib=self.config.gpu_memory_gib,
             cpu_threads=self.config.cpu_threads,
         )
+        # The learner sends no task before this: the first step's rollout time is generation, not engine start-up.
+        self.endpoint.send(WeightsLoaded(worker_id=self.worker_id, version=0, load_seconds=self.engine.timings["engine_start_s"]))
 
     def wait_for_welcome(self, address: str, timeout_s: float) -> Welcome:
         """The learner's Welcome; fails fast when the learner refuses this worker's CURVE key."""
@@ -186,12 +189,21 @@ class RolloutWorker:
             log.warning("worker %d: request %d needs policy version %d but it holds %d; ignored",
                         self.worker_id, request.request_id, request.min_version, self.version)
             return None
+        started = time.perf_counter()
         batch = sample_and_score(
             self.engine, self.tokenizer, self.rewards, request.tasks, request.sampling,
             sample_prefix=f"w{self.worker_id}-r{request.request_id}", policy_version=self.version, worker_id=self.worker_id,
         )
-        header = Samples(request_id=request.request_id, purpose=request.purpose, worker_id=self.worker_id, samples=batch.metas)
-        return header, batch.frames()
+        frames = batch.frames()
+        timings = RolloutTimings(generate_seconds=batch.generate_seconds, score_seconds=batch.score_seconds,
+                                 worker_seconds=time.perf_counter() - started)
+        tokens = len(batch.completion_ids)
+        log.info("worker %d: request %d: %d prompts, %d tokens; generate %.2f s (%.1f tokens/s), score %.2f s, in all %.2f s",
+                 self.worker_id, request.request_id, len(request.tasks), tokens, timings.generate_seconds,
+                 tokens / max(timings.generate_seconds, 1e-9), timings.score_seconds, timings.worker_seconds)
+        header = Samples(request_id=request.request_id, purpose=request.purpose, worker_id=self.worker_id, samples=batch.metas,
+                         timings=timings)
+        return header, frames
 
 
 def hf_parameter_shapes(model_dir: Path) -> dict[str, list[int]]:

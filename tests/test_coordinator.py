@@ -12,11 +12,13 @@ from rl.transport import LearnerEndpoint
 from rl.wire import (
     Heartbeat,
     Hello,
+    RolloutTimings,
     SampleMeta,
     Samples,
     SamplingParams,
     Task,
     Tasks,
+    WeightsLoaded,
     Welcome,
     decode,
     encode,
@@ -30,9 +32,9 @@ def tasks(count):
 class FakeWorker(threading.Thread):
     """Answers Tasks with one-token samples; `silent` stops answering and heartbeating (a frozen process)."""
 
-    def __init__(self, address, name, answer_delay=0.0):
+    def __init__(self, address, name, answer_delay=0.0, start_delay=0.0):
         super().__init__(daemon=True)
-        self.address, self.name, self.answer_delay = address, name, answer_delay
+        self.address, self.name, self.answer_delay, self.start_delay = address, name, answer_delay, start_delay
         self.silent = threading.Event()
         self.stopped = threading.Event()
         self.requests: list[Tasks] = []
@@ -53,6 +55,8 @@ class FakeWorker(threading.Thread):
             message, _ = decode(sock.recv_multipart())
             if isinstance(message, Welcome):
                 self.worker_id = message.worker_id
+                time.sleep(self.start_delay)  # its engine starting
+                sock.send_multipart(encode(WeightsLoaded(worker_id=self.worker_id, version=0, load_seconds=self.start_delay)))
             elif isinstance(message, Tasks) and not self.silent.is_set():
                 self.requests.append(message)
                 time.sleep(self.answer_delay)
@@ -65,8 +69,9 @@ class FakeWorker(threading.Thread):
                     for t, task in enumerate(message.tasks) for s in range(message.sampling.n)
                 ]
                 frames = [np.ones(len(metas), np.int32), np.ones(len(metas), np.int32), np.zeros(len(metas), np.float32)]
+                timings = RolloutTimings(generate_seconds=0.25, score_seconds=0.01, worker_seconds=0.3)
                 sock.send_multipart(encode(Samples(request_id=message.request_id, purpose=message.purpose,
-                                                   worker_id=self.worker_id, samples=metas), frames))
+                                                   worker_id=self.worker_id, samples=metas, timings=timings), frames))
         sock.close()
 
 
@@ -103,6 +108,15 @@ def test_work_is_split_with_seeds_fixed_by_task_position(coordinator):
     assert seeds == [100, 100 + 3 * 2]  # chunks of 3 and 2 tasks: the second starts at task 3, n=2
 
 
+def test_each_answers_timings_are_kept_with_its_job(coordinator):
+    coord, start = coordinator
+    start("a"), start("b")
+    coord.wait_for_workers(2, timeout_s=5)
+    job = coord.submit(tasks(4), SAMPLING, "train", min_version=0)
+    coord.collect(job)
+    assert sorted(job.timings) == [0, 1] and job.generate_seconds == pytest.approx(0.5)
+
+
 def test_a_silent_worker_is_dropped_and_its_tasks_go_elsewhere_without_duplicates(coordinator):
     coord, start = coordinator
     healthy, frozen = start("healthy"), start("frozen", answer_delay=0.3)
@@ -118,6 +132,30 @@ def test_a_silent_worker_is_dropped_and_its_tasks_go_elsewhere_without_duplicate
     assert any("lost" in event for event in coord.drain_events())
     # the re-sent chunk kept its seed: samples do not depend on which worker made them
     assert sorted(r.sampling.seed for r in healthy.requests) == [100, 106]
+
+
+def test_the_first_step_waits_for_every_engine_and_is_split_among_all(coordinator):
+    coord, start = coordinator
+    quick, slow = start("quick"), start("slow", start_delay=0.4)
+    started = time.monotonic()
+    coord.wait_for_workers(2, timeout_s=5)
+    assert time.monotonic() - started > 0.35  # waited for the slow worker's engine, not just its hello
+    coord.run_tasks(tasks(4), SAMPLING, "train", min_version=0)
+    assert [len(r.tasks) for r in quick.requests] == [2] and [len(r.tasks) for r in slow.requests] == [2]
+
+
+def test_no_task_goes_to_a_worker_whose_engine_is_still_starting(coordinator):
+    coord, start = coordinator
+    coord.heartbeat_timeout_s = 30  # the fake worker cannot heartbeat while its engine "starts"
+    quick, slow = start("quick"), start("slow", start_delay=2.0)
+    deadline = time.monotonic() + 5
+    while len(coord.workers) < 2 and time.monotonic() < deadline:  # both have said hello
+        coord.pump(timeout_ms=100)
+    coord.wait_for_workers(1, timeout_s=5)
+    started = time.monotonic()
+    out = coord.run_tasks(tasks(4), SAMPLING, "train", min_version=0)
+    assert time.monotonic() - started < 0.8  # neither waited for the slow start nor for a backup copy
+    assert [len(r.tasks) for r in quick.requests] == [4] and {t.meta.worker_id for t in out} == {quick.worker_id}
 
 
 def test_with_every_worker_gone_the_coordinator_waits_then_gives_up(coordinator):
@@ -197,8 +235,12 @@ def test_a_worker_that_says_goodbye_is_logged_as_left_and_its_work_moves_at_once
     leaver.setsockopt(zmq.LINGER, 0)
     leaver.connect(coord.endpoint.address)
     leaver.send_multipart(encode(Hello(worker_name="leaver", pid=0, host="elsewhere")))
-    coord.wait_for_workers(2, timeout_s=5)
+    deadline = time.monotonic() + 5
+    while len(coord.workers) < 2 and time.monotonic() < deadline:
+        coord.pump(timeout_ms=100)
     welcome, _ = decode(leaver.recv_multipart())
+    leaver.send_multipart(encode(WeightsLoaded(worker_id=welcome.worker_id, version=0, load_seconds=0.0)))  # engine up
+    coord.wait_for_workers(2, timeout_s=5)
     leaver.send_multipart(encode(WorkerFailed(worker_id=welcome.worker_id, error="left: it was stopped (Ctrl-C or SIGTERM)")))
     deadline = time.monotonic() + 5
     while len(coord.workers) == 2 and time.monotonic() < deadline:

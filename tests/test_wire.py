@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from rl.coordinator import Trajectory, drop_stale, split_evenly, unpack_samples
-from rl.wire import SampleMeta, Samples, Tasks, TensorMeta, Weights, WireError, decode, encode
+from rl.wire import RolloutTimings, SampleMeta, Samples, Tasks, TensorMeta, Weights, WireError, decode, encode
 
 
 def sample_meta(i, prompt_len, completion_len, version=0, request=0):
@@ -22,7 +22,9 @@ def roundtrip(message, frames=()):
 def test_samples_roundtrip_slices_arrays_per_sample():
     metas = [sample_meta(0, 3, 2), sample_meta(1, 3, 1)]
     frames = [np.array([1, 2, 3, 1, 2, 3], np.int32), np.array([7, 8, 9], np.int32), np.array([-0.5, -1.0, -2.0], np.float32)]
-    message, payload = roundtrip(Samples(request_id=4, purpose="train", worker_id=0, samples=metas), frames)
+    timings = RolloutTimings(generate_seconds=1.5, score_seconds=0.25, worker_seconds=2.0)
+    message, payload = roundtrip(Samples(request_id=4, purpose="train", worker_id=0, samples=metas, timings=timings), frames)
+    assert message.timings == timings
     trajectories = unpack_samples(message, payload)
     assert [t.completion_ids.tolist() for t in trajectories] == [[7, 8], [9]]
     assert trajectories[1].rollout_logprobs.tolist() == [-2.0]
