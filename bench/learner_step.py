@@ -5,8 +5,10 @@ value:     `learner.step.train_step` with the packed layout (the default): each 
            where a completion token is predicted.
 reference: the padded path as it was before: one right-padded row per sample, micro-batches of 8,
            the LM head and log-softmax on every position.
-Both: a DeepSpeed engine (ZeRO 1, torch AdamW), fp32 on CPU, the same batch, GRPO's token-mean
-loss with one update per batch. Each path runs in its own subprocess, so each peak RSS is its own.
+Both: the same DeepSpeed engine (one fp32 rank: no ZeRO, torch AdamW), the same batch, GRPO's
+token-mean loss with one update per batch. Each path runs in its own subprocess, so each peak RSS
+is its own. On the first shape a third run, `padded, ZeRO-1`, is the learner as it was before
+both changes (ZeRO-1's second weight copy on one rank too): its time and peak are printed as well.
 
 Shapes (prompts x samples per prompt, prompt tokens, completion tokens):
 - quickstart: 8 x 4, ~130, 10-40 (the last JSON line);
@@ -80,16 +82,20 @@ def peak_memory_mib(device: str) -> float:
 
 def measure(path: str, shape: str, repeats: int, device: str, model: str, max_tokens: int) -> dict:
     """Time `repeats` steps after a warm-up step of one path on one shape, in this process."""
-    from learner.engine import build_policy_engine, init_distributed
+    from learner.engine import init_distributed
     from learner.step import StepSettings, train_step
     from rl.models import resolve_model
 
+    import learner.engine
+
     torch.set_num_threads(2) if device == "cpu" else None
-    if path == "padded":
+    if path.startswith("padded"):
         use_full_head()
+    if path == "padded-zero1":  # the engine as it was: ZeRO-1 even on one fp32 rank
+        learner.engine.effective_zero_stage = lambda zero_stage, world_size, dtype: zero_stage
     layout = Layout(packing=True, max_tokens_per_micro_batch=max_tokens) if path == "packed" else Layout(packing=False, micro_batch_size=8)
     init_distributed()
-    engine = build_policy_engine(
+    engine = learner.engine.build_policy_engine(
         str(resolve_model(model)), lr=1e-6, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, total_steps=10,
         zero_stage=1, micro_batch_size=8, grad_accum_steps=4, grad_clip=1.0, dtype="float32", seed=0,
     )
@@ -126,7 +132,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--max-tokens", type=int, default=Layout().max_tokens_per_micro_batch)
-    parser.add_argument("--worker", choices=["packed", "padded"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["packed", "padded", "padded-zero1"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(measure(args.worker, args.shapes, args.repeats, args.device, args.model, args.max_tokens)))
@@ -142,6 +148,11 @@ def main() -> None:
               f"({packed['tokens'] / packed['seconds']:.0f} tok/s, peak {packed['peak_mib']:.0f} MiB) | padded "
               f"{padded['seconds']:.2f} s ({padded['tokens'] / padded['seconds']:.0f} tok/s, peak {padded['peak_mib']:.0f} MiB) | "
               f"speed-up {padded['seconds'] / packed['seconds']:.2f}x, memory {packed['peak_mib'] / padded['peak_mib']:.2f}x", flush=True)
+    before = run_in_subprocess("padded-zero1", shapes[0], args)
+    packed = results[shapes[0]][0]
+    print(f"{shapes[0]:>10}: padded with ZeRO-1 (the learner before both changes) {before['seconds']:.2f} s, peak "
+          f"{before['peak_mib']:.0f} MiB | packed against it: speed-up {before['seconds'] / packed['seconds']:.2f}x, "
+          f"memory {packed['peak_mib'] / before['peak_mib']:.2f}x (runs {[round(t, 2) for t in before['times']]})", flush=True)
     print(f"runs: " + "; ".join(f"{s} packed {[round(t, 2) for t in p['times']]} padded {[round(t, 2) for t in q['times']]}"
                                  for s, (p, q) in results.items()))
     print(f"benchmark took {time.perf_counter() - started:.0f} s")

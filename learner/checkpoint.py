@@ -105,6 +105,9 @@ def save_checkpoint(
 
 def load_checkpoint(engine, path: Path, critic=None) -> dict[str, Any]:
     """Restore the engines (weights, optimizer, scheduler) and torch's random state; return the trainer state."""
+    check_zero_layout(engine, path / DEEPSPEED_TAG)
+    if critic is not None:
+        check_zero_layout(critic, path / CRITIC_TAG)
     load_path, _ = engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load {path / DEEPSPEED_TAG}")
@@ -116,6 +119,19 @@ def load_checkpoint(engine, path: Path, critic=None) -> dict[str, Any]:
             raise CheckpointError(f"DeepSpeed could not load {path / CRITIC_TAG}")
     restore_rng(load_file(str(path / "rng.safetensors")))
     return json.loads((path / STATE_FILE).read_text())
+
+
+def check_zero_layout(engine, folder: Path) -> None:
+    """Refuse optimizer state saved partitioned (ZeRO) for an engine without ZeRO, or the reverse:
+    DeepSpeed would otherwise fail deep inside, or resume without the optimizer's moments."""
+    if not folder.is_dir():
+        return
+    partitioned = any(folder.glob("*optim_states.pt"))
+    if partitioned != bool(engine.zero_optimization()):
+        saved, now = ("ZeRO-partitioned", "without ZeRO") if partitioned else ("without ZeRO", "with ZeRO")
+        raise CheckpointError(
+            f"{folder} holds optimizer state saved {saved}, but this learner runs {now} (one fp32 rank runs without "
+            f"ZeRO); resume with the learner ranks and train.dtype of the run that saved it")
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:

@@ -5,6 +5,9 @@ Choices, and why:
   JIT-compile on first use, which is slow and needs a compiler on every machine.
 - LR: linear warmup then constant, a torch LambdaLR handed to DeepSpeed, which steps it once per
   optimizer step (on gradient-accumulation boundaries).
+- ZeRO on one fp32 rank is skipped (stage 0): there is nothing to partition, and DeepSpeed's ZeRO
+  optimizer would keep a second fp32 copy of the weights and flatten the gradients at every step
+  (1.9 GiB more peak RSS for the 135M default model). With bf16 it keeps the fp32 masters it needs.
 - Weight decay skips 1-D parameters (norm weights, biases), as Hugging Face's Trainer does.
 - Exported and saved names are the Hugging Face names of `engine.module` (what vLLM's
   `load_weights` expects); a tied `lm_head.weight` is the embedding and is sent once.
@@ -12,6 +15,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -133,6 +137,7 @@ def wrap_in_deepspeed(
     param_groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    zero_stage = effective_zero_stage(zero_stage, world_size, dtype)
     config = {
         "train_batch_size": micro_batch_size * grad_accum_steps * world_size,
         "train_micro_batch_size_per_gpu": micro_batch_size,
@@ -156,6 +161,17 @@ def wrap_in_deepspeed(
         ),
     )
     return engine
+
+
+def effective_zero_stage(zero_stage: int, world_size: int, dtype: str) -> int:
+    """The ZeRO stage the engine uses: 0 for a single fp32 rank (see the module docstring), else `zero_stage`."""
+    if world_size == 1 and dtype == "float32" and zero_stage > 0:
+        if is_main():
+            logging.getLogger("learner").info(
+                "train.zero_stage=%d has nothing to partition on one fp32 learner rank: using stage 0 "
+                "(no second copy of the weights)", zero_stage)
+        return 0
+    return zero_stage
 
 
 def build_reference_model(model_path: str, dtype: str):

@@ -19,7 +19,8 @@ from learner.engine import (
     resolve_rollout_dtype,
     save_hf,
 )
-from learner.plan import Layout, choose_layout
+from learner.logprobs import model_device
+from learner.plan import Layout, choose_layout, default_max_tokens
 from learner.step import StepSettings, train_step
 from rl.config import Config
 
@@ -34,7 +35,8 @@ class Trainer:
         self.config, self.engine, self.critic, self.ref_model = config, engine, critic, ref_model
         self.settings, self.rollout_dtype, self.bucket_bytes = settings, rollout_dtype, bucket_bytes
         t = config.train
-        self.layout = choose_layout(Layout(t.packing, t.max_tokens_per_micro_batch, t.micro_batch_size, pad_id),
+        budget = t.max_tokens_per_micro_batch or default_max_tokens(model_device(engine).type)
+        self.layout = choose_layout(Layout(t.packing, budget, t.micro_batch_size, pad_id),
                                     {"policy": engine, "critic": critic, "reference model": ref_model})
 
     def train(self, samples: list[TrainSample]) -> dict[str, float] | None:
