@@ -38,7 +38,9 @@ class StepBatch:
         self.generated: list[Trajectory] = []  # every fresh-enough sample of every round (metrics, curriculum)
         self.trained: list[Trajectory] = []
         self.samples: list[TrainSample] = []  # `trained` with advantages, in the same order
-        self.rollout_seconds = 0.0
+        self.rollout_seconds = 0.0  # from submitting the step's prompts to having its samples (async: overlaps training)
+        self.wait_seconds = 0.0  # of those, the learner blocked waiting for the workers
+        self.generate_seconds = 0.0  # the workers' engines generating, summed over requests (their own account)
         self.dropped_stale = 0
         self.metrics: dict[str, float] = {}
 
@@ -62,8 +64,11 @@ def collect_step(coordinator: Coordinator, source: TaskSource, config: Config, s
     """Wait for the step's samples; with dynamic sampling, keep sampling until prompts_per_step groups carry signal."""
     batch = StepBatch(submitted.probabilities)
     wanted, rounds, generated_groups = config.rollout.prompts_per_step, 1, 0
+    waiting_since = time.perf_counter()
     trajectories = coordinator.collect(submitted.job)
+    batch.wait_seconds += time.perf_counter() - waiting_since
     batch.rollout_seconds += time.perf_counter() - submitted.submitted_at
+    batch.generate_seconds += submitted.job.generate_seconds
     while True:
         fresh, dropped = drop_stale(trajectories, version, config.rollout.max_staleness)
         batch.dropped_stale += dropped
@@ -85,9 +90,11 @@ def collect_step(coordinator: Coordinator, source: TaskSource, config: Config, s
         keep_rate = max(kept_groups / max(generated_groups, 1), 0.25)
         more = min(4 * wanted, math.ceil((wanted - kept_groups) / keep_rate))
         start = time.perf_counter()
-        trajectories = coordinator.run_tasks(source.next_tasks(more), training_sampling(config, step, rounds), "train",
-                                             min_version=version)
+        job = coordinator.submit(source.next_tasks(more), training_sampling(config, step, rounds), "train", min_version=version)
+        trajectories = coordinator.collect(job)
         batch.rollout_seconds += time.perf_counter() - start
+        batch.wait_seconds += time.perf_counter() - start
+        batch.generate_seconds += job.generate_seconds
         rounds += 1
     if config.train.dynamic_sampling:
         batch.trained, batch.samples = first_groups(batch.trained, batch.samples, wanted)

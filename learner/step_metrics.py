@@ -21,7 +21,7 @@ SKIPPED_UPDATE = {"train/skipped": 1.0}  # the train metrics of a step with noth
 def step_record(batch: StepBatch, train_metrics: dict[str, float] | None, curriculum, version: int,
                 config: Config) -> dict[str, float]:
     """The step's own metrics; `train_metrics` None: the update was skipped."""
-    return {**rollout_metrics(batch.generated, batch.rollout_seconds, config),
+    return {**rollout_metrics(batch.generated, batch.rollout_seconds, config), **generation_metrics(batch),
             **(train_metrics if train_metrics is not None else SKIPPED_UPDATE),
             **batch.metrics, **curriculum_metrics(curriculum, batch.probabilities, batch.generated),
             "policy_version": version, "rollout/dropped_stale": batch.dropped_stale}
@@ -71,6 +71,20 @@ def curriculum_metrics(curriculum, probabilities: dict[str, float], trajectories
         newest = max(t.meta.policy_version for t in trajectories)
         lags = [newest - t.meta.policy_version for t in trajectories]
         metrics["rollout/policy_version_lag_mean"] = sum(lags) / len(lags)
+    return metrics
+
+
+def generation_metrics(batch: StepBatch) -> dict[str, float]:
+    """How fast the workers' engines generated (their own account), apart from the learner's wait.
+
+    `rollout/tokens_per_s` divides by the step's rollout span, which in async mode overlaps the
+    previous update, so it understates the engines; this divides by their generate time.
+    """
+    metrics = {"rollout/wait_seconds": batch.wait_seconds}
+    if batch.generate_seconds > 0:
+        tokens = sum(t.meta.completion_len for t in batch.generated)
+        metrics["rollout/generate_seconds"] = batch.generate_seconds
+        metrics["rollout/generate_tokens_per_s"] = tokens / batch.generate_seconds
     return metrics
 
 

@@ -88,6 +88,9 @@ def check_run(run_dir: Path, workers: int) -> None:
                 "rollout/dropped_stale", "train/logprob_diff", "rollout/response_len_max"):
         assert all(key in r for r in records), key
     assert records[0]["train/grad_norm"] > 0
+    # synchronous: the step's rollout span holds the engines' generate time, so their rate is the higher one
+    assert all(0 < r["rollout/generate_seconds"] and r["rollout/generate_tokens_per_s"] >= r["rollout/tokens_per_s"] / workers
+               for r in records)
     assert all(r["reward_errors/raises"] == 4 for r in records), "a raising reward must be counted, not crash the run"
     assert all(r["reward_errors/shorter_is_better"] == 0 for r in records)
     assert all(any(k.startswith("reward/") and k.endswith("/shorter_is_better") for k in r) for r in records)
