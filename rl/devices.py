@@ -112,6 +112,12 @@ def resolve_train_dtype(dtype: str) -> str:
     return train_dtype_for(dtype, [gpu] if gpu else [])
 
 
+def effective_zero_stage(zero_stage: int, world_size: int, train_dtype: str) -> int:
+    """The ZeRO stage a learner engine runs: 0 for a single fp32 rank (nothing to partition, and ZeRO's
+    optimizer would keep a second fp32 copy of the weights), else `zero_stage`. `train_dtype` is resolved."""
+    return 0 if world_size == 1 and train_dtype == "float32" else zero_stage
+
+
 def resolve_rollout_dtype(dtype: str) -> str:
     """rollout.dtype for this process's device: auto is float32 on CPU, bfloat16 from Ampere on, float16 before."""
     if dtype != "auto":

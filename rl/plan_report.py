@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rl.config import Config
+from rl.devices import effective_zero_stage
 from rl.placement import MEMORY_ENV, Placement, Plan, child_environment
 
 
@@ -67,7 +68,7 @@ def learner_summary(plan: Plan, config: Config) -> str:
     start = "as one process" if plan.world_size == 1 and not plan.hostfile else "by DeepSpeed's launcher"
     if plan.learner_include():
         start += f" --include {plan.learner_include()}"
-    return f"{ranks}, DeepSpeed ZeRO-{config.train.zero_stage} over {backend}, train.dtype {plan.train_dtype}; started {start}"
+    return f"{ranks}, DeepSpeed ZeRO-{effective_zero_stage(config.train.zero_stage, plan.world_size, plan.train_dtype)} over {backend}, train.dtype {plan.train_dtype}; started {start}"
 
 
 def rollout_summary(plan: Plan, config: Config) -> str:
