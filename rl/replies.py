@@ -4,11 +4,10 @@
 checked against the Tasks request it answers, before any of it is used: the same worker, the
 request's task ids, exactly `sampling.n` samples per task, in the request's order, with the sample
 ids the learner expects (groups are rebuilt from them) and the task's distribution (the
-curriculum's arm), each task's own prompt token ids, no
-completion longer than `max_tokens`, a policy version the worker can hold (not older than the
-request's `min_version`, not newer than the newest one published), token ids inside the
-vocabulary and finite logprobs. Token, logprob and length fields agree already: `decode` checked
-each frame's size against the header's lengths.
+curriculum's arm), each task's own prompt token ids, no completion longer than `max_tokens`, a
+policy version the worker can hold (not older than the request's `min_version`, not newer than
+the newest one published), token ids inside the vocabulary and finite logprobs. Token, logprob
+and length fields agree already: `decode` checked each frame's size against the header's lengths.
 
 A reply that fails is a `Rejection` with a short fixed `reason` (one of REASONS, never text from
 the message), counted as `wire/rejected/<reason>`; the coordinator drops the worker and re-sends
