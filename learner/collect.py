@@ -16,6 +16,7 @@ from learner.advantages import group_advantages, rloo_advantages
 from learner.batch import TrainSample
 from rl.config import Config
 from rl.coordinator import Coordinator, RolloutJob, Trajectory, drop_stale
+from rl.replies import DYNAMIC_SAMPLING_MAX_FACTOR
 from rl.wire import SamplingParams
 
 log = logging.getLogger("learner")
@@ -88,7 +89,7 @@ def collect_step(coordinator: Coordinator, source: TaskSource, config: Config, s
             break
         # DAPO: sample more prompts; ask for the shortfall divided by the share of groups kept so far
         keep_rate = max(kept_groups / max(generated_groups, 1), 0.25)
-        more = min(4 * wanted, math.ceil((wanted - kept_groups) / keep_rate))
+        more = min(DYNAMIC_SAMPLING_MAX_FACTOR * wanted, math.ceil((wanted - kept_groups) / keep_rate))
         start = time.perf_counter()
         job = coordinator.submit(source.next_tasks(more), training_sampling(config, step, rounds), "train", min_version=version)
         trajectories = coordinator.collect(job)
@@ -138,7 +139,10 @@ def with_advantages(trajectories: list[Trajectory], config: Config) -> list[Trai
         groups[t.group_key].append(i)
     advantages = [0.0] * len(trajectories)
     if estimator != "gae":
-        for indices in groups.values():
+        for key, indices in groups.items():
+            if len(indices) < 2:  # the coordinator refuses such replies; never let one crash the run
+                log.warning("group %s has %d sample; it carries no baseline and gets advantage 0", key, len(indices))
+                continue
             rewards = torch.tensor([[trajectories[i].meta.reward for i in indices]], dtype=torch.float64)
             if estimator == "rloo":
                 values = rloo_advantages(rewards)

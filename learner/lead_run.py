@@ -21,7 +21,8 @@ from rl.config import Config
 from rl.coordinator import Coordinator
 from rl.curriculum import make_curriculum
 from rl.monitor import Monitor
-from rl.prompts import prompt_lengths
+from rl.prompts import prompt_lengths, render_prompts
+from rl.replies import receive_limits
 from rl.transport import LearnerEndpoint
 from rl.wire import Welcome
 
@@ -77,17 +78,19 @@ def open_lead_run(trainer: Trainer, ranks: Ranks, stop: StopSignals, run_dir: Pa
     # Several ranks under ZeRO-3: a publication is collective, so a worker that joins mid-run waits for the next one.
     collective_publication = ranks.multi and engine.zero_optimization_partition_weights()
 
+    limits = receive_limits(config, held_out_tasks=len(source.held_out()))
     endpoint = LearnerEndpoint(config.transport.host, config.transport.port, curve_keys=config.transport.curve_keys,
-                               allow_insecure=config.transport.allow_insecure_network)
+                               allow_insecure=config.transport.allow_insecure_network, limits=limits)
     coordinator = Coordinator(
         endpoint, lambda wid: welcome(config, model_path, run_dir, wid), lambda: (progress.version, trainer.publication()),
         heartbeat_timeout_s=config.transport.heartbeat_timeout_s, no_workers_wait_s=config.transport.no_workers_wait_s,
         vocab_size=engine.module.config.vocab_size, backup_after=config.rollout.backup_after,
-        publish_on_join=not collective_publication,
+        publish_on_join=not collective_publication, render_prompts=lambda tasks: render_prompts(tokenizer, tasks),
     )
     (run_dir / "learner_address").write_text(endpoint.address)
-    log.info("learner listening on %s (%s); %d learner rank(s), ZeRO stage %d", endpoint.address,
-             endpoint.security_description, world_size(), config.train.zero_stage)
+    log.info("learner listening on %s (%s; messages up to %.0f MiB, %d queued per connection); %d learner rank(s), "
+             "ZeRO stage %d", endpoint.address, endpoint.security_description, limits.max_message_bytes / 2**20,
+             limits.receive_hwm, world_size(), config.train.zero_stage)
 
     monitor = Monitor(config, run_dir, config.train.steps, initial_step=progress.last_step, wandb_id=progress.wandb_id)
     audit = (run_dir / "trained_samples.jsonl").open("a")

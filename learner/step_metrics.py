@@ -5,7 +5,7 @@ after it still writes the step's line), `finished_step_metrics` once the workers
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import torch
 
@@ -37,9 +37,16 @@ def finished_step_metrics(record: dict[str, float], sync: SyncStats | None, coor
         "workers/lost": len(coordinator.lost),
         "workers/reassigned_requests": coordinator.reassigned_requests,
         "workers/backup_requests": coordinator.backup_requests,
-        "wire/rejected": sum(endpoint.rejected.values()),
+        **rejection_metrics(endpoint.rejected, coordinator.rejected),
         "time/step_seconds": time.perf_counter() - step_start,
     }
+
+
+def rejection_metrics(malformed: Counter[str], refused: Counter[str]) -> dict[str, int]:
+    """Messages dropped so far: `wire/rejected` in all, `wire/rejected/REASON` by reason (malformed on the wire, and
+    replies refused by the coordinator, whose workers were dropped)."""
+    by_reason = malformed + refused
+    return {"wire/rejected": sum(by_reason.values()), **{f"wire/rejected/{reason}": count for reason, count in sorted(by_reason.items())}}
 
 
 def sync_metrics(sync: SyncStats | None) -> dict[str, float]:

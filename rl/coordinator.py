@@ -10,12 +10,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
 
+from rl.replies import Rejection, SentRequest, reply_problem
 from rl.transport import LearnerEndpoint
 from rl.wire import (
     Heartbeat,
@@ -81,6 +83,7 @@ class Chunk:
     position: int  # order among the job's chunks
     tasks: list[Task]
     sampling: SamplingParams
+    prompt_ids: list[np.ndarray] | None = None  # each task's prompt as the workers must render it (None: not known)
 
 
 @dataclass
@@ -136,18 +139,24 @@ class Coordinator:
         vocab_size: int | None = None,
         backup_after: float | None = 1.5,
         publish_on_join: bool = True,
+        render_prompts: Callable[[list[Task]], list[list[int]]] | None = None,
     ):
+        """`render_prompts`: the token ids of tasks' prompts, as the workers render them (rl.prompts.render_prompts with the
+        model's tokenizer), to check replies against; None: a reply's prompts need only agree within each task."""
         self.endpoint = endpoint
         self.make_welcome = make_welcome
         self.current_weights = current_weights
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.no_workers_wait_s = no_workers_wait_s
         self.vocab_size = vocab_size
+        self.render_prompts = render_prompts
         self.backup_after = backup_after  # None: never send backup copies of a straggler's chunk
         # False when a publication is collective (several learner ranks): joiners then get the next one
         self.publish_on_join = publish_on_join
         self.inflight: dict[int, InFlight] = {}  # request id -> a request whose answer is wanted
-        self.outstanding: dict[int, bytes] = {}  # request id -> worker, until that worker answers (busy)
+        self.outstanding: dict[int, InFlight] = {}  # request id -> the request, until its worker answers (busy)
+        self.rejected: Counter[str] = Counter()  # replies refused, by reason (rl.replies.REASONS)
+        self.published_version = 0  # the newest policy version sent to any worker: no sample can be newer
         self.backup_requests = 0
         self.workers: dict[bytes, WorkerInfo] = {}
         self.lost: dict[int, str] = {}  # worker id -> why it was dropped
@@ -225,8 +234,8 @@ class Coordinator:
         """Forget a worker (dead, silent, failed, or gone on its own); its unfinished requests are re-sent by collect()."""
         if self.workers.pop(worker.identity, None) is None:
             return
-        for request_id, owner in list(self.outstanding.items()):
-            if owner == worker.identity:
+        for request_id, request in list(self.outstanding.items()):
+            if request.identity == worker.identity:
                 del self.outstanding[request_id]
         self.lost[worker.worker_id] = reason
         message = f"rollout worker {worker.worker_id} ({worker.name}) {'left' if left else 'lost'}: {reason}; {len(self.workers)} remain"
@@ -305,6 +314,7 @@ class Coordinator:
         sequence that gathers each bucket only when asked (ZeRO-3), so no full copy is ever built.
         """
         num_buckets = len(buckets)
+        self.published_version = max(self.published_version, version)
         for index, bucket in enumerate(buckets):
             metas = [TensorMeta(name=name, dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape)) for name, t in bucket]
             frames = [tensor_bytes(t) for _, t in bucket]
@@ -346,7 +356,8 @@ class Coordinator:
         for chunk in split_evenly(tasks, max(1, len(self.ready_workers()))):
             if chunk:
                 seeded = sampling if sampling.seed is None else sampling.model_copy(update={"seed": sampling.seed + start * sampling.n})
-                job.chunks.append(Chunk(len(job.chunks), chunk, seeded))
+                prompts = None if self.render_prompts is None else [np.asarray(p, np.int32) for p in self.render_prompts(chunk)]
+                job.chunks.append(Chunk(len(job.chunks), chunk, seeded, prompts))
             start += len(chunk)
         job.pending = list(range(len(job.chunks)))
         self.dispatch(job)
@@ -369,9 +380,9 @@ class Coordinator:
             self.check_liveness()
             for request_id, request in list(self.inflight.items()):
                 if request.identity not in self.workers:  # its worker was lost: send the chunk elsewhere
-                    del self.inflight[request_id]
-                    if request.job is job and not self.copies_in_flight(job, request.position):
-                        job.pending.append(request.position)
+                    del self.inflight[request_id]  # (another job's chunk, e.g. the next step's, goes when that job is collected)
+                    if not self.copies_in_flight(request.job, request.position):
+                        request.job.pending.append(request.position)
                         self.reassigned_requests += 1
             self.dispatch(job)
             self.send_backups(job)
@@ -382,7 +393,7 @@ class Coordinator:
         return [w for w in self.workers.values() if w.engine_ready and w.version >= 0]
 
     def load(self, identity: bytes) -> int:
-        return sum(1 for owner in self.outstanding.values() if owner == identity)
+        return sum(1 for request in self.outstanding.values() if request.identity == identity)
 
     def copies_in_flight(self, job: RolloutJob, position: int) -> int:
         return sum(1 for r in self.inflight.values() if r.job is job and r.position == position)
@@ -405,8 +416,8 @@ class Coordinator:
         message = Tasks(request_id=request_id, purpose=job.purpose, min_version=job.min_version, sampling=chunk.sampling, tasks=chunk.tasks)
         if not self.send(worker, message):
             return False
-        self.inflight[request_id] = InFlight(job, position, worker.identity, time.monotonic())
-        self.outstanding[request_id] = worker.identity
+        request = InFlight(job, position, worker.identity, time.monotonic())
+        self.inflight[request_id] = self.outstanding[request_id] = request
         return True
 
     def send_backups(self, job: RolloutJob) -> None:
@@ -425,21 +436,30 @@ class Coordinator:
                 self.backup_requests += 1
 
     def handle_samples(self, identity: bytes, message: Samples, payload: list) -> None:
-        """File an answer under its job; answers nobody waits for any more (superseded, late) are dropped."""
-        if self.outstanding.get(message.request_id) != identity:
-            log.debug("ignored samples for request %d that worker never had", message.request_id)
+        """Check an answer against its request, then file it under its job; answers nobody waits for any more
+        (superseded, late) are checked too, then dropped. A worker whose answer fails is not trusted again."""
+        worker = self.workers[identity]
+        sent = self.outstanding.get(message.request_id)
+        if sent is None or sent.identity != identity:
+            self.reject(worker, Rejection("unknown_request", f"request {message.request_id} is not one it has to answer"))
             return
         del self.outstanding[message.request_id]
-        request = self.inflight.pop(message.request_id, None)
-        if request is None:
-            return  # a copy of this chunk answered first
-        job = request.job
-        problem = samples_problem(message, payload, self.vocab_size)
-        if problem:  # well-formed on the wire, unusable for training: the worker is not trusted again
-            self.drop(self.workers[identity], f"it sent unusable samples ({problem})")
-            if not self.copies_in_flight(job, request.position):
-                job.pending.append(request.position)
+        try:
+            problem = reply_problem(message, payload, self.sent_request(sent, message.request_id, worker), self.published_version,
+                                    self.vocab_size)
+        except Exception as err:  # noqa: BLE001 - a bug in a check must not stop the run: the reply is refused
+            log.exception("checking a reply of worker %d failed", worker.worker_id)
+            problem = Rejection("check_failed", f"{type(err).__name__} while checking it")
+        request = self.inflight.pop(message.request_id, None)  # None: a copy of this chunk answered first
+        if problem:
+            self.reject(worker, problem)
+            if request is not None and not self.copies_in_flight(request.job, request.position):
+                request.job.pending.append(request.position)
+                self.reassigned_requests += 1
             return
+        if request is None:
+            return
+        job = request.job
         job.results[request.position] = unpack_samples(message, payload)
         if message.timings is not None:
             job.timings[request.position] = message.timings
@@ -447,6 +467,16 @@ class Coordinator:
         for other_id, other in list(self.inflight.items()):  # the copy still running is no longer wanted
             if other.job is job and other.position == request.position:
                 del self.inflight[other_id]
+
+    def sent_request(self, request: InFlight, request_id: int, worker: WorkerInfo) -> SentRequest:
+        chunk = request.job.chunks[request.position]
+        return SentRequest(request_id, worker.worker_id, request.job.purpose, chunk.tasks, chunk.sampling,
+                           request.job.min_version, chunk.prompt_ids)
+
+    def reject(self, worker: WorkerInfo, rejection: Rejection) -> None:
+        """Count a refused reply by its reason and drop its worker (its work is re-sent by collect())."""
+        self.rejected[rejection.reason] += 1
+        self.drop(worker, f"it sent an invalid reply ({rejection.reason}: {rejection.detail})")
 
     def drain_events(self) -> list[str]:
         events, self.lost_events = self.lost_events, []
@@ -476,17 +506,6 @@ def tensor_bytes(tensor) -> memoryview:
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.view(torch.int16)
     return memoryview(tensor.detach().contiguous().numpy()).cast("B")
-
-
-def samples_problem(message: Samples, payload: list[memoryview], vocab_size: int | None) -> str | None:
-    """Why samples cannot be trained on (token ids outside the vocabulary, non-finite logprobs), or None."""
-    for name, frame in (("prompt", payload[0]), ("completion", payload[1])):
-        ids = np.frombuffer(frame, dtype=np.int32)
-        if vocab_size is not None and ids.size and int(ids.max()) >= vocab_size:
-            return f"{name} token id {int(ids.max())} >= vocabulary size {vocab_size}"
-    if not np.isfinite(np.frombuffer(payload[2], dtype=np.float32)).all():
-        return "non-finite logprobs"
-    return None
 
 
 def unpack_samples(message: Samples, payload: list[memoryview]) -> list[Trajectory]:

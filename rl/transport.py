@@ -3,8 +3,10 @@
 One connection per worker carries everything in both directions, so ZeroMQ's per-connection
 ordering guarantees a worker sees weights before the tasks that need them. Hazards handled here:
 - ROUTER silently drops messages to unknown identities; ROUTER_MANDATORY turns that into an error.
-- High-water marks count messages, not bytes; weight buckets are few and large, so the limits are
-  lifted (0) and memory is bounded by the protocol (one publication in flight per worker).
+- High-water marks count messages, not bytes. Weight buckets are few and large, so the limits on
+  what the learner sends and a worker receives are lifted (0): memory is bounded by the protocol
+  (one publication in flight per worker). What the learner receives is bounded by `ReceiveLimits`
+  (rl/replies.py), derived from the run's config: workers send samples, never weights.
 - Zero-copy sends (copy=False) let ZeroMQ read the tensor memory after send() returns; the sender
   waits on the MessageTracker before that memory may change (see `wait_sent`).
 """
@@ -19,18 +21,20 @@ from collections import Counter
 
 import zmq
 
+from rl.config import Config
+from rl.replies import ReceiveLimits, receive_limits
 from rl.security import SecurityError, is_loopback, secure_client, secure_server
 from rl.wire import Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
 
-MAX_LEARNER_FRAME_BYTES = 256 * 2**20
-
 
 class LearnerEndpoint:
     """The learner's single bound socket. Peers are addressed by their ZeroMQ identity."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, curve_keys: str | None = None, allow_insecure: bool = False):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, curve_keys: str | None = None, allow_insecure: bool = False,
+                 limits: ReceiveLimits | None = None):
+        """`limits`: what workers may send (`receive_limits(config, ...)`); None: those of a run of the default config."""
         # Checked here as well as in the config: nothing binds a reachable port without keys or an explicit opt-in.
         if not curve_keys and not allow_insecure and not is_loopback(host):
             raise SecurityError(
@@ -40,10 +44,11 @@ class LearnerEndpoint:
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # Workers send samples, never tensors: a frame this big is an attack or a bug; ZeroMQ drops that peer.
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_LEARNER_FRAME_BYTES)
+        # Workers send samples, never tensors: a larger frame is an attack or a bug, and ZeroMQ drops that peer.
+        self.limits = limits or receive_limits(Config())
+        self.socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        self.socket.setsockopt(zmq.RCVHWM, self.limits.receive_hwm)
         self.socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
         self.socket.setsockopt(zmq.LINGER, 1000)
         if curve_keys:
             try:
@@ -106,13 +111,13 @@ class LearnerEndpoint:
 class WorkerEndpoint:
     """A rollout worker's connection to the learner."""
 
-    def __init__(self, address: str, curve_keys: str | None = None):
+    def __init__(self, address: str, curve_keys: str | None = None, identity: bytes | None = None):
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.SNDHWM, 0)
         self.socket.setsockopt(zmq.RCVHWM, 0)
         self.socket.setsockopt(zmq.LINGER, 1000)
-        self.socket.setsockopt(zmq.IDENTITY, f"w-{socket.gethostname()}-{os.getpid()}".encode())
+        self.socket.setsockopt(zmq.IDENTITY, identity or f"w-{socket.gethostname()}-{os.getpid()}".encode())
         self.security_description = "no encryption"
         if curve_keys:  # a DIR made by `rl keys`, or DIR/NAME.key_secret for an extra worker key
             try:

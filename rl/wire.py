@@ -201,11 +201,21 @@ class Tasks(Message):
     tasks: Annotated[list[Task], FailFast()] = Field(max_length=MAX_LIST_ITEMS)
 
 
+def sample_prefix(worker_id: int, request_id: int) -> str:
+    """What the ids of one request's samples start with (rollout/sampling.py adds -t{task index}-s{sample index})."""
+    return f"w{worker_id}-r{request_id}"
+
+
+def sample_id(worker_id: int, request_id: int, task_index: int, sample_index: int) -> str:
+    """The id of sample `sample_index` of the request's task `task_index`: the learner checks it and groups by it."""
+    return f"{sample_prefix(worker_id, request_id)}-t{task_index}-s{sample_index}"
+
+
 class SampleMeta(BaseModel):
     """One generated completion; its token arrays are slices of the Samples frames."""
 
     model_config = ConfigDict(extra="forbid")
-    sample_id: Id = Field(description="Unique: worker id, request id, task index, sample index.")
+    sample_id: Id = Field(description="Unique: worker id, request id, task index, sample index (see `sample_id`).")
     task_id: Id
     distribution: Id
     prompt_len: TokenCount

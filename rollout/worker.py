@@ -29,6 +29,7 @@ from rl.wire import (
     WeightsLoaded,
     Welcome,
     WorkerFailed,
+    sample_prefix,
 )
 from rollout.heartbeat import HeartbeatThread
 from rollout.sampling import sample_and_score
@@ -40,21 +41,14 @@ LEFT_PREFIX = "left: "  # a WorkerFailed that is a goodbye, not a failure
 
 class RolloutWorker:
     def __init__(self, address: str, name: str | None = None, welcome_timeout_s: float = 600.0, curve_keys: str | None = None):
-        self.endpoint = WorkerEndpoint(address, curve_keys=curve_keys)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.endpoint.send(Hello(worker_name=self.name, pid=os.getpid(), host=socket.gethostname()))
-        welcome = self.wait_for_welcome(address, welcome_timeout_s)
-        self.worker_id = welcome.worker_id
+        self.version = 0
+        welcome = self.connect(address, welcome_timeout_s, curve_keys)
         self.config = RolloutConfig.model_validate(welcome.rollout)
         self.rewards = RewardPool(
             welcome.reward_sets, self.config.reward_processes, self.config.reward_timeout_s, modules=welcome.reward_modules
         )
         self.run_dir = Path(welcome.run_dir)
-        self.version = 0
-        self.heartbeat = HeartbeatThread(
-            address, self.worker_id, lambda: self.version, welcome.heartbeat_interval_s, welcome.learner_timeout_s, curve_keys
-        )
-        self.heartbeat.start()
         self.pending_buckets: list[tuple[Weights, list[memoryview]]] = []
         log.info("worker %d (%s) joined; loading %s", self.worker_id, self.name, welcome.model_path)
 
@@ -78,6 +72,18 @@ class RolloutWorker:
         )
         # The learner sends no task before this: the first step's rollout time is generation, not engine start-up.
         self.endpoint.send(WeightsLoaded(worker_id=self.worker_id, version=0, load_seconds=self.engine.timings["engine_start_s"]))
+
+    def connect(self, address: str, timeout_s: float, curve_keys: str | None, identity: bytes | None = None) -> Welcome:
+        """Say hello, wait for the learner's Welcome, start heartbeating as the worker id it gave."""
+        self.endpoint = WorkerEndpoint(address, curve_keys=curve_keys, identity=identity)
+        self.endpoint.send(Hello(worker_name=self.name, pid=os.getpid(), host=socket.gethostname()))
+        welcome = self.wait_for_welcome(address, timeout_s)
+        self.worker_id = welcome.worker_id
+        self.heartbeat = HeartbeatThread(
+            address, self.worker_id, lambda: self.version, welcome.heartbeat_interval_s, welcome.learner_timeout_s, curve_keys
+        )
+        self.heartbeat.start()
+        return welcome
 
     def wait_for_welcome(self, address: str, timeout_s: float) -> Welcome:
         """The learner's Welcome; fails fast when the learner refuses this worker's CURVE key."""
@@ -103,20 +109,7 @@ class RolloutWorker:
 
     def run(self) -> None:
         try:
-            while True:
-                received = self.endpoint.receive(timeout_ms=1000)
-                if received is None:
-                    continue
-                message, payload = received
-                if isinstance(message, Weights):
-                    self.load_bucket(message, payload)
-                elif isinstance(message, Tasks):
-                    answer = self.generate(message)
-                    if answer is not None:
-                        self.endpoint.send(*answer)
-                elif isinstance(message, Shutdown):
-                    log.info("worker %d: shutdown (%s)", self.worker_id, message.reason)
-                    return
+            self.serve()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say goodbye so the learner re-sends our prompts at once
             self.endpoint.send(WorkerFailed(worker_id=self.worker_id, error=f"{LEFT_PREFIX}it was stopped (Ctrl-C or SIGTERM)"))
             raise
@@ -128,6 +121,23 @@ class RolloutWorker:
             self.engine.close()
             self.rewards.close()
             self.endpoint.close()
+
+    def serve(self) -> Shutdown:
+        """Answer the learner's messages until it says to stop."""
+        while True:
+            received = self.endpoint.receive(timeout_ms=1000)
+            if received is None:
+                continue
+            message, payload = received
+            if isinstance(message, Weights):
+                self.load_bucket(message, payload)
+            elif isinstance(message, Tasks):
+                answer = self.generate(message)
+                if answer is not None:
+                    self.endpoint.send(*answer)
+            elif isinstance(message, Shutdown):
+                log.info("worker %d: shutdown (%s)", self.worker_id, message.reason)
+                return message
 
     def load_bucket(self, message: Weights, payload: list[memoryview]) -> None:
         """Hold buckets until the last one of a version has arrived, then load them all.
@@ -192,7 +202,7 @@ class RolloutWorker:
         started = time.perf_counter()
         batch = sample_and_score(
             self.engine, self.tokenizer, self.rewards, request.tasks, request.sampling,
-            sample_prefix=f"w{self.worker_id}-r{request.request_id}", policy_version=self.version, worker_id=self.worker_id,
+            sample_prefix=sample_prefix(self.worker_id, request.request_id), policy_version=self.version, worker_id=self.worker_id,
         )
         frames = batch.frames()
         timings = RolloutTimings(generate_seconds=batch.generate_seconds, score_seconds=batch.score_seconds,

@@ -32,9 +32,10 @@ def tasks(count):
 class FakeWorker(threading.Thread):
     """Answers Tasks with one-token samples; `silent` stops answering and heartbeating (a frozen process)."""
 
-    def __init__(self, address, name, answer_delay=0.0, start_delay=0.0):
+    def __init__(self, address, name, answer_delay=0.0, start_delay=0.0, tamper=None):
         super().__init__(daemon=True)
         self.address, self.name, self.answer_delay, self.start_delay = address, name, answer_delay, start_delay
+        self.tamper = tamper  # (header, frames, request) -> (header, frames): what a lying worker sends instead
         self.silent = threading.Event()
         self.stopped = threading.Event()
         self.requests: list[Tasks] = []
@@ -70,8 +71,11 @@ class FakeWorker(threading.Thread):
                 ]
                 frames = [np.ones(len(metas), np.int32), np.ones(len(metas), np.int32), np.zeros(len(metas), np.float32)]
                 timings = RolloutTimings(generate_seconds=0.25, score_seconds=0.01, worker_seconds=0.3)
-                sock.send_multipart(encode(Samples(request_id=message.request_id, purpose=message.purpose,
-                                                   worker_id=self.worker_id, samples=metas, timings=timings), frames))
+                header = Samples(request_id=message.request_id, purpose=message.purpose, worker_id=self.worker_id,
+                                 samples=metas, timings=timings)
+                if self.tamper is not None:
+                    header, frames = self.tamper(header, frames, message)
+                sock.send_multipart(encode(header, frames))
         sock.close()
 
 
@@ -181,16 +185,14 @@ def test_a_worker_that_joins_while_others_are_gone_takes_over(coordinator):
 
 
 def test_samples_with_token_ids_outside_the_vocabulary_or_nan_logprobs_are_refused():
-    from rl.coordinator import samples_problem
+    from rl.replies import value_problem
 
-    meta = SampleMeta(sample_id="w0-r0-t0-s0", task_id="t", distribution="d", prompt_len=2, completion_len=2, reward=0.0,
-                      reward_components={}, finish_reason="stop", policy_version=0, worker_id=0, text="x")
-    message = Samples(request_id=0, purpose="train", worker_id=0, samples=[meta])
     frames = lambda prompt, completion, logprobs: [memoryview(np.asarray(a, dtype)) for a, dtype in
                                                    ((prompt, np.int32), (completion, np.int32), (logprobs, np.float32))]
-    assert samples_problem(message, frames([1, 2], [3, 99], [0.0, -1.0]), vocab_size=100) is None
-    assert "token id 100 >= vocabulary size 100" in samples_problem(message, frames([1, 2], [3, 100], [0.0, -1.0]), 100)
-    assert "non-finite" in samples_problem(message, frames([1, 2], [3, 4], [float("nan"), -1.0]), 100)
+    assert value_problem(frames([1, 2], [3, 99], [0.0, -1.0]), vocab_size=100) is None
+    problem = value_problem(frames([1, 2], [3, 100], [0.0, -1.0]), 100)
+    assert problem.reason == "token_range" and "token id 100 >= vocabulary size 100" in problem.detail
+    assert value_problem(frames([1, 2], [3, 4], [float("nan"), -1.0]), 100).reason == "non_finite_logprobs"
 
 
 def test_a_straggler_chunk_is_copied_to_an_idle_worker_and_the_first_answer_wins(coordinator):
@@ -249,3 +251,44 @@ def test_a_worker_that_says_goodbye_is_logged_as_left_and_its_work_moves_at_once
     events = coord.drain_events()
     assert events == [f"rollout worker {welcome.worker_id} (leaver) left: it was stopped (Ctrl-C or SIGTERM); 1 remain"]
     assert len(coord.run_tasks(tasks(2), SAMPLING, "train", min_version=0)) == 4
+
+
+@pytest.mark.parametrize("kind", ["group_of_one", "unknown_task", "future_version", "duplicate_ids", "too_long"])
+def test_a_worker_whose_reply_is_wrong_is_dropped_counted_and_its_work_goes_elsewhere(coordinator, kind):
+    from tests.tampering import EXPECTED_REASON, tamper
+
+    coord, start = coordinator
+    healthy = start("healthy")
+    liar = start("liar", tamper=lambda header, frames, request: tamper(kind, header, frames, request))
+    coord.wait_for_workers(2, timeout_s=5)
+    out = coord.run_tasks(tasks(4), SAMPLING, "train", min_version=0)
+    assert [t.meta.task_id for t in out] == [f"t{i}" for i in range(4) for _ in range(2)]
+    assert {t.meta.worker_id for t in out} == {healthy.worker_id}
+    assert coord.rejected == {EXPECTED_REASON[kind]: 1}
+    assert coord.lost[liar.worker_id].startswith(f"it sent an invalid reply ({EXPECTED_REASON[kind]}: ")
+    assert coord.reassigned_requests == 1 and [w.name for w in coord.workers.values()] == ["healthy"]
+
+
+def test_an_answer_to_a_request_never_sent_is_refused(coordinator):
+    coord, start = coordinator
+    start("healthy")
+    start("liar", tamper=lambda header, frames, request: (header.model_copy(update={"request_id": 10_000}), frames))
+    coord.wait_for_workers(2, timeout_s=5)
+    assert len(coord.run_tasks(tasks(4), SAMPLING, "train", min_version=0)) == 8
+    assert coord.rejected == {"unknown_request": 1} and len(coord.lost) == 1
+
+
+def test_a_dropped_workers_request_of_another_job_is_sent_again_when_that_job_is_collected(coordinator):
+    """As when a worker is dropped during an evaluation while the next step's prompts are out (rollout.async)."""
+    from tests.tampering import tamper
+
+    coord, start = coordinator
+    healthy = start("healthy")
+    start("liar", tamper=lambda header, frames, request: tamper("unknown_task", header, frames, request), answer_delay=0.2)
+    coord.wait_for_workers(2, timeout_s=5)
+    first = coord.submit(tasks(2), SAMPLING, "train", min_version=0)
+    second = coord.submit(tasks(4), SAMPLING, "train", min_version=0)
+    assert len(coord.collect(first, timeout_s=10)) == 4
+    out = coord.collect(second, timeout_s=10)
+    assert [t.meta.task_id for t in out] == [f"t{i}" for i in range(4) for _ in range(2)]
+    assert {t.meta.worker_id for t in out} == {healthy.worker_id}
