@@ -2,9 +2,14 @@
 
 The default model (SmolLM2-135M-Instruct, the quickstart recipe: 2 solved examples, 8 prompts x 4
 samples, lr 2e-5, 64 new tokens) trains on a mixture of arithmetic distributions that differ in
-learnability for it. The mixture was checked with `rl eval` on the base model (see
-docs/benchmarks.md, "Curriculum benchmark: the mixture"):
-MIXTURE_NOTE
+learnability for it. The mixture was checked with `rl eval` on the base model (greedy, 32 tasks
+each; docs/benchmarks.md, "Curriculum benchmark: the mixture") and with earlier training runs:
+- add_1d: 28% at the start, 81-94% after the quickstart's 20 steps: solved within a few steps;
+- add_2d: 0% at the start, 34-59% after 20 steps: learned in tens of steps;
+- add_3d: 0% at the start, 12.5% after 20 steps at a quarter of the prompts: learned slowly;
+- mul_3d: 0% at the start (products of up to six digits), out of reach. Every greedy answer is
+  boxed (reward 0.2); sampled at temperature 1 the format can vary inside a group of wrong answers,
+  the case `signal: correctness` is for.
 
 Arms, fixed before any run: `uniform`; `ucb` with DUMP's defaults (window 300, c 1, temperature
 0.1, signal: reward); `ucb_correctness`, the same with `signal: correctness`. Budget, the same for
