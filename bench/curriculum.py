@@ -1,76 +1,192 @@
-"""UCB curriculum (DUMP) against uniform sampling: same model, seed, mixture and budget.
+"""The curriculum benchmark: uniform against UCB (DUMP) against UCB on correctness alone, over seeds.
 
-Trains the default model twice with `rl train` on a mixture of four arithmetic distributions
-whose difficulty spans "mostly right at the start" to "out of reach" (add_1d, add_2d, add_3d,
-mul_2d), once with `curriculum: ucb` and once `uniform`, and prints held-out greedy accuracy per
-distribution for both (the layout of the DUMP paper's per-distribution figure). The figure is
-mean held-out accuracy over the four distributions, UCB / uniform.
+The default model (SmolLM2-135M-Instruct, the quickstart recipe: 2 solved examples, 8 prompts x 4
+samples, lr 2e-5, 64 new tokens) trains on a mixture of arithmetic distributions that differ in
+learnability for it. The mixture was checked with `rl eval` on the base model (greedy, 32 tasks
+each; docs/benchmarks.md, "Curriculum benchmark: the mixture") and with earlier training runs:
+- add_1d: 28% at the start, 81-94% after the quickstart's 20 steps: solved within a few steps;
+- add_2d: 0% at the start, 34-59% after 20 steps: learned in tens of steps;
+- add_3d: 0% at the start, 12.5% after 20 steps at a quarter of the prompts: learned slowly;
+- mul_3d: 0% at the start (products of up to six digits), out of reach. Every greedy answer is
+  boxed (reward 0.2); sampled at temperature 1 the format can vary inside a group of wrong answers,
+  the case `signal: correctness` is for.
 
-    python bench/curriculum.py [--steps 20] [--out runs/bench-curriculum]
+Arms, fixed before any run: `uniform`; `ucb` with DUMP's defaults (window 300, c 1, temperature
+0.1, signal: reward); `ucb_correctness`, the same with `signal: correctness`. Budget, the same for
+every arm: seeds 0, 1, 2; 30 steps; held-out greedy accuracy of every distribution on 16 tasks at
+steps 0, 10, 20 and 30 (eval.every 10). A checkpoint every 10 steps.
+
+Resumable per (arm, seed): RUNS_DIR/<arm>-seed<k>/ holds that run; a finished one is not run again,
+an interrupted one resumes from its checkpoint, so the grid can be run over several sittings.
+
+    python bench/curriculum.py                              # the whole grid (hours on a 2-core CPU)
+    python bench/curriculum.py --only ucb:0 --only uniform  # some slots (arm, or arm:seed)
+    python bench/curriculum.py --report-only                # tables, plots and the JSON from finished runs
+    python bench/curriculum.py --steps 2 --eval-every 1 --runs-dir /tmp/smoke   # the plumbing, in minutes
+
+It prints a line per run with elapsed time and ETA, the tables as markdown, writes
+RUNS_DIR/curriculum_accuracy.png and curriculum_probabilities.png, and ends with one JSON line:
+UCB's area under the mean-accuracy curve against uniform's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from curriculum_plots import plot_accuracy, plot_probabilities
+from curriculum_report import (
+    Budget,
+    add_seconds,
+    finished_run,
+    headline,
+    markdown_tables,
+    read_run,
+    read_seconds,
+    resumable_run,
+    slot_dir,
+    summarize_arm,
+)
+
 REPO = Path(__file__).resolve().parents[1]
-MIXTURE = ["add_1d", "add_2d", "add_3d", "mul_2d"]
+BASE_CONFIG = REPO / "configs" / "quickstart.yaml"
+MIXTURE = ["add_1d", "add_2d", "add_3d", "mul_3d"]
+ARMS = {"uniform": "uniform", "ucb": "ucb", "ucb_correctness": "{ucb: {signal: correctness}}"}
+SEEDS = (0, 1, 2)
 
 
-def train(curriculum: str, steps: int, out: Path, seed: int) -> tuple[Path, float]:
-    out.mkdir(parents=True, exist_ok=True)
-    overrides = [
-        f"run.name={curriculum}", f"run.output_dir={out}", f"run.seed={seed}", f"train.steps={steps}",
-        f"env.sources=[{{type: arithmetic, distributions: [{', '.join(MIXTURE)}], few_shot: 2}}]",
-        f"curriculum={curriculum}", "logging.wandb=disabled", "logging.progress=false", "eval.before=false",
+def train_overrides(arm: str, seed: int, budget: Budget, slot: Path, mixture: list[str]) -> list[str]:
+    return [
+        f"run.name={arm}-s{seed}", f"run.output_dir={slot}", f"run.seed={seed}",
+        f"env.sources.0.distributions=[{', '.join(mixture)}]", f"env.test_size={budget.test_size}",
+        f"train.steps={budget.steps}", f"eval.every={budget.eval_every}", f"curriculum={ARMS[arm]}",
+        f"checkpoint.every={budget.eval_every}", "checkpoint.keep_last=1",
+        "logging.wandb=disabled", "logging.progress=false",
     ]
+
+
+def run_slot(arm: str, seed: int, budget: Budget, runs_dir: Path, mixture: list[str], extra: list[str]) -> tuple[str, float]:
+    """Start or resume one (arm, seed) run with `rl train`; its output goes to SLOT/train.log."""
+    slot = slot_dir(runs_dir, arm, seed)
+    slot.mkdir(parents=True, exist_ok=True)
+    resume = resumable_run(slot, budget)
+    if resume is not None:
+        command, how = [sys.executable, "-m", "rl.cli", "train", "--resume", str(resume)], f"resumed {resume.name}"
+    else:
+        command = [sys.executable, "-m", "rl.cli", "train", str(BASE_CONFIG),
+                   *train_overrides(arm, seed, budget, slot, mixture), *extra]
+        how = "started"
     start = time.perf_counter()
-    command = [sys.executable, "-m", "rl.cli", "train", str(REPO / "configs" / "quickstart.yaml"), *overrides]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"{curriculum} run failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    (run_dir,) = sorted(out.glob(f"{curriculum}-*"))[-1:]
-    return run_dir, time.perf_counter() - start
+    with (slot / "train.log").open("a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    seconds = time.perf_counter() - start
+    add_seconds(slot, seconds)
+    if code != 0 or finished_run(slot, budget) is None:
+        tail = (slot / "train.log").read_text()[-3000:]
+        raise SystemExit(f"{arm} seed {seed}: `rl train` exited with {code} without a finished run; log {slot / 'train.log'}:\n"
+                         f"{tail}\nfix the cause and run the bench again: finished runs are kept, this one resumes")
+    return how, seconds
 
 
-def samples_per_distribution(run_dir: Path) -> dict[str, int]:
-    counts = dict.fromkeys(MIXTURE, 0)
-    for line in (run_dir / "trained_samples.jsonl").read_text().splitlines():
-        for task_id in json.loads(line)["task_ids"]:
-            counts[task_id.split("/")[0]] += 1
-    return counts
+def clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{seconds / 60:.1f} min"
+
+
+def selected_slots(only: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    slots = [(arm, seed) for seed in seeds for arm in ARMS]  # seed-major: every arm has a seed before any has two
+    if not only:
+        return slots
+    chosen = []
+    for item in only:
+        arm, _, seed = item.partition(":")
+        if arm not in ARMS or (seed and not seed.isdigit()):
+            raise SystemExit(f"--only {item!r}: use ARM or ARM:SEED with ARM one of {list(ARMS)}")
+        matched = [s for s in slots if s[0] == arm and (not seed or s[1] == int(seed))]
+        if not matched:
+            raise SystemExit(f"--only {item!r}: seed {seed} is not among --seeds {','.join(map(str, seeds))}")
+        chosen += [s for s in matched if s not in chosen]
+    return chosen
+
+
+def run_grid(slots: list[tuple[str, int]], budget: Budget, runs_dir: Path, mixture: list[str], extra: list[str],
+             keep_checkpoints: bool) -> None:
+    start = time.perf_counter()
+    todo = [s for s in slots if finished_run(slot_dir(runs_dir, *s), budget) is None]
+    known = [t for t in (read_seconds(slot_dir(runs_dir, *s)) for s in slots if s not in todo) if t]
+    print(f"[bench] {len(slots)} runs selected, {len(slots) - len(todo)} finished earlier, {len(todo)} to run "
+          f"({budget.steps} steps, eval every {budget.eval_every} on {budget.test_size} tasks; mixture {', '.join(mixture)})", flush=True)
+    done_now: list[float] = []
+    for index, (arm, seed) in enumerate(slots, 1):
+        slot = slot_dir(runs_dir, arm, seed)
+        if (arm, seed) not in todo:
+            print(f"[{index}/{len(slots)}] {arm} seed {seed}: finished earlier ({finished_run(slot, budget).name})", flush=True)
+            continue
+        how, seconds = run_slot(arm, seed, budget, runs_dir, mixture, extra)
+        done_now.append(seconds)
+        if not keep_checkpoints:  # the report needs metrics, evaluations and final/; a checkpoint is 2.5 GiB
+            shutil.rmtree(finished_run(slot, budget) / "checkpoints", ignore_errors=True)
+        per_run = sum(done_now + known) / len(done_now + known)
+        left = len(todo) - len(done_now)
+        print(f"[{index}/{len(slots)}] {arm} seed {seed}: {how}, finished in {clock(seconds)} | elapsed "
+              f"{clock(time.perf_counter() - start)} | ETA {clock(per_run * left) if left else 'done'}", flush=True)
+
+
+def report(runs_dir: Path, budget: Budget, mixture: list[str], seeds: list[int]) -> dict:
+    summaries = {}
+    for arm in ARMS:
+        runs = []
+        for seed in seeds:
+            run = finished_run(slot_dir(runs_dir, arm, seed), budget)
+            if run is not None:
+                runs.append(read_run(arm, seed, run, mixture, budget.steps))
+        if runs:
+            summaries[arm] = summarize_arm(arm, runs, mixture, budget.steps)
+    missing = [f"{arm}:{seed}" for arm in ARMS for seed in seeds
+               if finished_run(slot_dir(runs_dir, arm, seed), budget) is None]
+    print(f"\n## Curriculum benchmark ({runs_dir})\n")
+    if missing:
+        print(f"Not finished yet (left out): {', '.join(missing)}\n")
+    print(markdown_tables(list(summaries.values()), mixture))
+    if summaries:
+        print(f"plot: {plot_accuracy(list(summaries.values()), mixture, runs_dir / 'curriculum_accuracy.png')}")
+        probabilities = plot_probabilities(list(summaries.values()), mixture, runs_dir / "curriculum_probabilities.png")
+        if probabilities:
+            print(f"plot: {probabilities}")
+    return headline(summaries)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(REPO / "runs" / "bench-curriculum"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-dir", default=str(REPO / "runs" / "curriculum-bench"), help="where the (arm, seed) runs live")
+    parser.add_argument("--only", action="append", default=[], metavar="ARM[:SEED]", help="run only these slots (repeatable)")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; report the finished runs")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--test-size", type=int, default=16, help="held-out tasks per distribution")
+    parser.add_argument("--mixture", default=",".join(MIXTURE), help="comma-separated arithmetic distributions")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra `rl train` override for new runs, e.g. rollout.num_workers=2 (give the same in every sitting)")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep finished runs' checkpoints (2.5 GiB each)")
     args = parser.parse_args()
 
-    results = {}
-    for curriculum in ("ucb", "uniform"):
-        run_dir, seconds = train(curriculum, args.steps, Path(args.out), args.seed)
-        after = json.loads((run_dir / "eval_after.json").read_text())["distributions"]
-        results[curriculum] = {"accuracy": {d: after[d]["accuracy"] for d in MIXTURE},
-                               "samples": samples_per_distribution(run_dir), "seconds": seconds, "run_dir": str(run_dir)}
-        print(f"{curriculum}: {seconds / 60:.1f} min, {run_dir}", flush=True)
-
-    print(f"\nheld-out greedy accuracy after {args.steps} steps (samples trained on per distribution)")
-    print(f"{'distribution':<14}{'ucb':>18}{'uniform':>18}")
-    for d in MIXTURE:
-        cells = [f"{100 * results[c]['accuracy'][d]:.1f}% ({results[c]['samples'][d]})" for c in ("ucb", "uniform")]
-        print(f"{d:<14}{cells[0]:>18}{cells[1]:>18}")
-    mean = {c: sum(results[c]["accuracy"].values()) / len(MIXTURE) for c in results}
-    print(f"{'mean':<14}{100 * mean['ucb']:>17.1f}%{100 * mean['uniform']:>17.1f}%")
-    print(json.dumps({"metric": "mean_heldout_accuracy_ucb_vs_uniform", "value": round(mean["ucb"], 4),
-                      "reference": round(mean["uniform"], 4), "ratio": round(mean["ucb"] / max(mean["uniform"], 1e-9), 3),
-                      "unit": "accuracy"}))
+    runs_dir = Path(args.runs_dir).resolve()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    mixture = [d.strip() for d in args.mixture.split(",") if d.strip()]
+    budget = Budget(steps=args.steps, eval_every=args.eval_every, test_size=args.test_size, mixture=tuple(mixture))
+    if not args.report_only:
+        run_grid(selected_slots(args.only, seeds), budget, runs_dir, mixture, args.set, args.keep_checkpoints)
+    print(json.dumps(report(runs_dir, budget, mixture, seeds)))
 
 
 if __name__ == "__main__":

@@ -93,8 +93,11 @@ def check_run_inputs(config: Config) -> None:
     from rewards.registry import build_reward
 
     check_sources(config)
-    for specs in reward_sets(config).values():
-        build_reward(specs, config.reward_modules)
+    for source in resolve_sources(config.env, config.rewards):
+        reward = build_reward(source.rewards, config.reward_modules)
+        if config.curriculum_signal() == "correctness" and not any(c.defines_accuracy for c in reward.components):
+            raise SourceError(f"{source.label}: curriculum.ucb.signal=correctness needs a correctness component in its "
+                              "rewards; mark one with `correctness: true`, or use signal: reward")
 
 
 def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:

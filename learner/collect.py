@@ -14,6 +14,7 @@ import torch
 from envs.source import TaskSource
 from learner.advantages import group_advantages, rloo_advantages
 from learner.batch import TrainSample
+from learner.curriculum_signal import curriculum_signal
 from rl.config import Config
 from rl.coordinator import Coordinator, RolloutJob, Trajectory, drop_stale
 from rl.replies import DYNAMIC_SAMPLING_MAX_FACTOR
@@ -76,7 +77,8 @@ def collect_step(coordinator: Coordinator, source: TaskSource, config: Config, s
         samples = with_advantages(fresh, config)
         # Each sample counts for the distribution that produced it, dropped groups included (|A| = 0
         # says "too easy or too hard"); evaluation never gets here, so held-out results never steer it.
-        for name, values in abs_advantages_by_distribution(fresh, samples).items():
+        # The curriculum's |A| is its own (learner/curriculum_signal.py), whatever the training estimator.
+        for name, values in curriculum_signal(fresh, config.curriculum_signal(), config.train.adv_eps).items():
             source.curriculum.observe(name, values)
         batch.generated += fresh
         generated_groups += len({t.group_key for t in fresh})
@@ -163,9 +165,3 @@ def with_advantages(trajectories: list[Trajectory], config: Config) -> list[Trai
         for t, a in zip(trajectories, advantages)
     ]
 
-
-def abs_advantages_by_distribution(trajectories: list[Trajectory], samples: list[TrainSample]) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = defaultdict(list)
-    for t, s in zip(trajectories, samples):
-        out[t.meta.distribution].append(abs(s.advantage))
-    return out

@@ -315,6 +315,12 @@ class UCBSettings(Section):
     c: float = Field(1.0, ge=0, description="Weight of the exploration bonus sqrt(2 ln(N+1) / (n_j+1)).")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature over the scores.")
     initial_weights: dict[str, float] | None = Field(None, description="Sampling weights until every distribution has been observed.")
+    signal: Literal["reward", "correctness"] = Field(
+        "reward", description="The |advantage| the score averages, computed for the curriculum from each group's samples "
+        "whatever train.advantage is: reward, GRPO's (r - mean) / (std + eps) of the total reward (DUMP; equal to the "
+        "training advantages under grpo); correctness, the same of the correctness verdict alone (1 right, 0 wrong), so a "
+        "format reward that varies inside a group cannot make a distribution whose answers are all wrong look learnable."
+    )
 
 
 class UCBCurriculumConfig(Section):
@@ -330,7 +336,7 @@ class StaticCurriculumConfig(Section):
 
 
 CurriculumConfig = Literal["uniform"] | UCBCurriculumConfig | StaticCurriculumConfig
-CURRICULUM_FORMS = "uniform, ucb, {ucb: {window, c, temperature, initial_weights}} or {static: {weights: {dist: w}}}"
+CURRICULUM_FORMS = "uniform, ucb, {ucb: {window, c, temperature, initial_weights, signal}} or {static: {weights: {dist: w}}}"
 
 
 def parse_curriculum(value: Any) -> Any:
@@ -385,7 +391,7 @@ class Config(Section):
     curriculum: CurriculumConfig = Field(
         "uniform",
         description="Which distribution each prompt comes from: uniform, ucb (DUMP: UCB over mean |advantage|, "
-        "or {ucb: {window, c, temperature, initial_weights}}), or {static: {weights: {dist: w}}}.",
+        "or {ucb: {window, c, temperature, initial_weights, signal: reward|correctness}}), or {static: {weights: {dist: w}}}.",
     )
 
     @model_validator(mode="before")
@@ -411,6 +417,10 @@ class Config(Section):
     def curriculum_spec(self) -> str | dict:
         """The curriculum setting as plain data for rl.curriculum.make_curriculum."""
         return self.curriculum if isinstance(self.curriculum, str) else self.curriculum.model_dump()
+
+    def curriculum_signal(self) -> str:
+        """What the curriculum's |advantage| is computed from: curriculum.ucb.signal; reward for the others (only counted)."""
+        return self.curriculum.ucb.signal if isinstance(self.curriculum, UCBCurriculumConfig) else "reward"
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

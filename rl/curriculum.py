@@ -18,6 +18,11 @@ caller's `random.Random`, `observe` the absolute advantages of a distribution's 
   softmax(score / temperature). The bonus keeps every distribution sampled now and then, so one whose
   signal comes back (the policy forgot it, or became able to learn it) is noticed.
 
+  What the |advantage| is, is the learner's to compute (learner/curriculum_signal.py): GRPO's
+  group-normalised advantage of the total reward (`signal="reward"`, DUMP) or of the correctness
+  verdict alone (`signal="correctness"`), whatever the training estimator. The curriculum records
+  its `signal` so a checkpoint cannot be resumed with another.
+
 `make_curriculum(spec, distributions)` builds one from the config value: "uniform",
 {"ucb": {...parameters}} or {"static": {"weights": {...}}}.
 """
@@ -29,6 +34,8 @@ import random
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
+
+SIGNALS = ("reward", "correctness")  # what the learner computes the |advantage| from (learner/curriculum_signal.py)
 
 
 class Curriculum(Protocol):
@@ -255,8 +262,12 @@ class UCBCurriculum:
         c: float = 1.0,
         temperature: float = 0.1,
         initial_weights: Mapping[str, float] | None = None,
+        signal: str = "reward",
     ):
         self.distributions = _check_distributions(distributions)
+        if signal not in SIGNALS:
+            raise ValueError(f"ucb signal must be one of {list(SIGNALS)}, got {signal!r}")
+        self.signal = signal
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"ucb window must be an integer >= 1, got {window!r}")
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c >= 0):
@@ -324,7 +335,8 @@ class UCBCurriculum:
     # ---- checkpoints
 
     def parameters(self) -> dict[str, Any]:
-        return {"window": self.window, "c": self.c, "temperature": self.temperature, "initial_weights": self.initial_weights}
+        return {"window": self.window, "c": self.c, "temperature": self.temperature, "initial_weights": self.initial_weights,
+                "signal": self.signal}
 
     def state_dict(self) -> dict:
         return {
@@ -341,7 +353,7 @@ class UCBCurriculum:
         if list(state.get("distributions", [])) != self.distributions:
             raise ValueError(f"the checkpoint's curriculum has distributions {state.get('distributions')}, this run has "
                              f"{self.distributions}; resume with the run's own env settings")
-        saved = state.get("parameters", {})
+        saved = {"signal": "reward", **state.get("parameters", {})}  # checkpoints from before `signal` used the reward
         changed = {k: (saved.get(k), v) for k, v in self.parameters().items() if saved.get(k) != v}
         if changed:
             detail = ", ".join(f"{k}: checkpoint {old!r}, config {new!r}" for k, (old, new) in changed.items())
@@ -364,14 +376,14 @@ class UCBCurriculum:
 # ---------------------------------------------------------------- the factory
 
 
-UCB_PARAMETERS = ("window", "c", "temperature", "initial_weights")
+UCB_PARAMETERS = ("window", "c", "temperature", "initial_weights", "signal")
 
 
 def make_curriculum(spec: str | Mapping[str, Any], distributions: list[str]) -> Curriculum:
     """Build a curriculum from its config value.
 
     "uniform" | "ucb" (the DUMP defaults) | {"ucb": {"window": 300, "c": 1.0, "temperature": 0.1,
-    "initial_weights": {name: w}}} (any subset) | {"static": {"weights": {name: w}}} | {"uniform": {}}.
+    "initial_weights": {name: w}, "signal": "reward" | "correctness"}} (any subset) | {"static": {"weights": {name: w}}} | {"uniform": {}}.
     """
     if isinstance(spec, str):
         kind, params = spec, {}
