@@ -104,7 +104,8 @@ def resumed_progress(source: TaskSource, state: dict | None, run_dir: Path) -> P
     if state is not None:
         done_step, version, wandb_id = state["step"], state["policy_version"], state.get("wandb_id")
         source.load_state_dict(state["source"])
-        truncate_metrics(run_dir / "metrics.jsonl", done_step)
+        for log_file in ("metrics.jsonl", "trained_samples.jsonl"):  # resumed from an older checkpoint: later steps come again
+            truncate_metrics(run_dir / log_file, done_step)
     # source_before_step: what a checkpoint of the last finished step records
     return Progress(last_step=done_step, version=version, source_before_step=source.state_dict(), wandb_id=wandb_id)
 

@@ -35,7 +35,7 @@ from rl.config import load_config
 from rl.coordinator import NoWorkersLeft, SyncStats
 
 
-def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
+def run(run_dir: Path, model_path: str, resume: bool = False, resume_step: int | None = None) -> int:
     """Train; returns the process exit code (0, 130 after Ctrl-C/SIGTERM, 3 when every worker is gone).
 
     Every learner rank runs this. Rank 0 does everything; the other ranks (learner.world_size > 1)
@@ -54,7 +54,7 @@ def run(run_dir: Path, model_path: str, resume: bool = False) -> int:
     trainer = build_trainer(config, model_path)  # engines on every rank
     state = None
     if resume:
-        checkpoint = find_checkpoint(run_dir)
+        checkpoint = find_checkpoint(run_dir, resume_step)
         state = load_checkpoint(trainer.engine, checkpoint, trainer.critic)  # collective: every rank restores its part
         if main:
             print(f"[rl] resumed from {checkpoint} (step {state['step']}, policy version {state['policy_version']})", flush=True)

@@ -5,6 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
+from learner.checkpoint import CheckpointError
 from learner.loop import run
 
 
@@ -13,9 +14,15 @@ def main() -> None:
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN/checkpoints")
+    parser.add_argument("--resume-step", type=int, default=None, help="with --resume: the checkpoint of this step")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    sys.exit(run(args.run_dir, args.model_path, resume=args.resume))
+    try:
+        code = run(args.run_dir, args.model_path, resume=args.resume, resume_step=args.resume_step)
+    except CheckpointError as err:  # `rl train --resume` checks first; this is a checkpoint changed since then
+        print(f"[rl] error: {err}", file=sys.stderr, flush=True)
+        code = 2
+    sys.exit(code)
 
 
 if __name__ == "__main__":

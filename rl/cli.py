@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="YAML config (e.g. configs/quickstart.yaml) and dotted overrides, e.g. train.lr=2e-6 rollout.num_workers=2")
     train.add_argument("--resume", metavar="RUN_DIR", default=None,
                        help="continue RUN_DIR from its newest checkpoint (with its own config; overrides such as train.steps=40 still apply)")
+    train.add_argument("--step", type=int, default=None, metavar="K",
+                       help="with --resume: continue from the checkpoint of step K instead of the newest (later ones are set aside)")
     train.add_argument("--plan", action="store_true",
                        help="print which process runs where (devices, memory, dtypes, backends) and exit without starting anything")
 
@@ -71,11 +73,16 @@ def main(argv: list[str] | None = None) -> int:
             from rl.placement import PlanError
 
             try:
+                if args.step is not None and not args.resume:
+                    raise ConfigError("--step K needs --resume RUN_DIR: rl train --resume RUN_DIR --step K")
                 if args.resume:
                     if any("=" not in item for item in args.rest):
                         raise ConfigError("with --resume give only key=value overrides: the run's own config.yaml is used")
                     run_dir = Path(args.resume)
-                    return run_train(load_config(run_dir / "config.yaml", args.rest), resume_dir=run_dir, plan_only=args.plan)
+                    if not (run_dir / "config.yaml").is_file():
+                        raise ConfigError(f"{run_dir} is not a run folder (it has no config.yaml)")
+                    return run_train(load_config(run_dir / "config.yaml", args.rest), resume_dir=run_dir, plan_only=args.plan,
+                                     resume_step=args.step)
                 if not args.rest or "=" in args.rest[0]:
                     raise ConfigError("give a config file: rl train CONFIG [key=value ...] (or rl train --resume RUN_DIR)")
                 return run_train(load_config(args.rest[0], args.rest[1:]), plan_only=args.plan)

@@ -143,8 +143,9 @@ def plan_run(config: Config) -> Plan:
     return make_plan(machine, config, ranks, cores)
 
 
-def train(config: Config, resume_dir: Path | None = None, plan_only: bool = False) -> int:
-    """Start a run (or continue `resume_dir` from its newest checkpoint) and supervise it; `plan_only`: print the plan."""
+def train(config: Config, resume_dir: Path | None = None, plan_only: bool = False, resume_step: int | None = None) -> int:
+    """Start a run (or continue `resume_dir` from its newest checkpoint, or that of `resume_step`) and supervise it;
+    `plan_only`: print the plan."""
     # Installed explicitly: a launcher started in the background inherits SIGINT as ignored, and
     # SIGTERM (from a scheduler or `kill`) deserves the same orderly stop as Ctrl-C.
     signal.signal(signal.SIGINT, interrupt)
@@ -171,11 +172,15 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
         run_dir = make_run_dir(config)
         print(f"[rl] run folder: {run_dir}", flush=True)
     else:
-        from learner.checkpoint import find_checkpoint
+        from learner.checkpoint import resume_checkpoint, set_aside_after
 
         run_dir = resume_dir.resolve()
-        checkpoint = find_checkpoint(run_dir)  # fails here if there is none
-        print(f"[rl] resuming {run_dir} from {checkpoint.name}", flush=True)
+        # none there, or not intact (a file changed, missing or added, or a pickle beyond tensors): fails here
+        checkpoint = resume_checkpoint(run_dir, resume_step)
+        resume_step = int(checkpoint.name.removeprefix("step-"))
+        print(f"[rl] resuming {run_dir} from {checkpoint.name} (checked against its manifest)", flush=True)
+        for moved in set_aside_after(run_dir, resume_step):
+            print(f"[rl] set aside the later checkpoint {moved.name} in {moved.parent} (this run writes that step again)", flush=True)
         (run_dir / "learner_address").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config))
     (run_dir / "plan.txt").write_text(plan_text + "\n")
@@ -184,7 +189,9 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
               "trains on, which usually makes each step slower, not faster (measured in docs/benchmarks.md); "
               "asynchronous training pays off when generation and training run on different devices", flush=True)
 
-    learner_args = ["--run-dir", str(run_dir), "--model-path", str(model_path)] + (["--resume"] if resume_dir is not None else [])
+    learner_args = ["--run-dir", str(run_dir), "--model-path", str(model_path)]
+    if resume_dir is not None:
+        learner_args += ["--resume", "--resume-step", str(resume_step)]  # exactly the checkpoint checked above
     # One rank: a plain process. Several (learner.world_size, or a hostfile): DeepSpeed's own launcher.
     learner = spawn(learner_argv(learner_args), env=child_environment(plan, plan.learner[0]) if plan.learner else None)
     processes = [learner]
