@@ -22,7 +22,7 @@ from typing import Any
 
 from envs.prompts import PromptStyle
 from rl.config import Config, EnvConfig, RewardComponent
-from rl.curriculum import Curriculum, UniformCurriculum
+from rl.curriculum import Curriculum, UniformCurriculum, make_curriculum
 from rl.wire import Task
 
 log = logging.getLogger("envs")
@@ -97,6 +97,33 @@ def check_run_inputs(config: Config) -> None:
         build_reward(specs, config.reward_modules)
 
 
+def build_task_source(config: Config) -> TaskSource:
+    """The run's task source and curriculum, as the learner builds them. `rl train` builds it once
+    before any process starts, so an empty file, a file without valid rows, a test split the data
+    cannot fill or a curriculum that names unknown distributions is a one-line SourceError there."""
+    def curriculum(names: list[str]) -> Curriculum:
+        try:
+            return make_curriculum(config.curriculum_spec(), names)
+        except ValueError as err:
+            raise SourceError(f"curriculum: {err}") from None
+
+    return TaskSource(config, curriculum)
+
+
+def overlong_error(split_name: str, distribution: str, limit: int) -> SourceError:
+    return SourceError(f"every {split_name} task of {distribution} has a prompt over {limit} tokens "
+                       "(rollout.max_model_len - max_new_tokens); raise rollout.max_model_len")
+
+
+def check_prompts_fit(source: TaskSource, lengths: Callable[[list[Task]], list[int]], limit: int, chunk: int = 32) -> None:
+    """SourceError where `drop_overlong` would leave a split of a distribution empty. Stops at each
+    split's first prompt that fits, so a start-up check costs a few tokenizations, not all of them."""
+    for split_name, split in (("train", source.train), ("test", source.test)):
+        for name, tasks in split.items():
+            if tasks and not any(n <= limit for start in range(0, len(tasks), chunk) for n in lengths(tasks[start:start + chunk])):
+                raise overlong_error(split_name, name, limit)
+
+
 def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
     """(train, test) task lists per distribution of one source, tagged with its reward set."""
     config = source.config
@@ -152,9 +179,8 @@ class TaskSource:
                 if len(kept) < len(tasks):
                     log.warning("%s: dropped %d of %d %s tasks whose prompts exceed %d tokens (raise rollout.max_model_len to keep them)",
                                 name, len(tasks) - len(kept), len(tasks), split_name, limit)
-                if not kept:
-                    raise SourceError(f"every {split_name} task of {name} has a prompt over {limit} tokens "
-                                      "(rollout.max_model_len - max_new_tokens); raise rollout.max_model_len")
+                if tasks and not kept:  # (a test_path may hold no rows of a distribution: warned when read)
+                    raise overlong_error(split_name, name, limit)
                 split[name] = kept
         self.order = {name: [] for name in self.train}  # positions refer to the new lists
 

@@ -17,7 +17,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from envs.source import check_run_inputs
+from envs.source import build_task_source, check_prompts_fit, check_run_inputs
 from rl.config import Config, to_yaml
 from rl.devices import FAKE_ENV, detect_machine
 from rl.models import resolve_model
@@ -154,8 +154,10 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
     print(plan_text, flush=True)
     if plan_only:
         return 0
-    # Bad rewards, distribution names, data files and hostfiles fail here, before any process starts.
+    # Bad rewards, distribution names, data files and hostfiles fail here, before any process starts,
+    # and so does every data problem: the task source is built here once, as the learner will build it.
     check_run_inputs(config)
+    source = build_task_source(config)
     from learner.distributed import learner_command  # torch: not needed until here
 
     def learner_argv(args: list[str]) -> list[str]:
@@ -167,6 +169,7 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
     except (OSError, ValueError) as err:
         raise SystemExit(f"[rl] learner: {err}") from None
     model_path = resolve_model(config.model)  # a missing model fails before any process starts
+    check_prompts_fit(source, prompt_counter(model_path), config.prompt_token_limit())
     if resume_dir is None:
         run_dir = make_run_dir(config)
         print(f"[rl] run folder: {run_dir}", flush=True)
@@ -205,6 +208,16 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
         return 130
     finally:
         stop(processes)
+
+
+def prompt_counter(model_path: Path):
+    """Prompt token counts under the model's chat template (its tokenizer only, no weights)."""
+    from transformers import AutoTokenizer
+
+    from rl.prompts import prompt_lengths
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return lambda tasks: prompt_lengths(tokenizer, tasks)
 
 
 def wait_for_address(path: Path, learner: subprocess.Popen, timeout_s: float = 900) -> str:
