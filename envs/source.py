@@ -13,10 +13,12 @@ epoch covers the data. Which distribution comes next is the curriculum's decisio
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -29,6 +31,7 @@ log = logging.getLogger("envs")
 
 GENERATORS = {"arithmetic": "envs.arithmetic", "knights_knaves": "envs.knights_knaves", "countdown": "envs.countdown"}
 FILE_MODULE = "envs.files"
+TASKS_FILE = "tasks.json"  # in the run folder: the tasks `rl train` built, read by the learner
 
 
 class SourceError(ValueError):
@@ -97,17 +100,19 @@ def check_run_inputs(config: Config) -> None:
         build_reward(specs, config.reward_modules)
 
 
-def build_task_source(config: Config) -> TaskSource:
-    """The run's task source and curriculum, as the learner builds them. `rl train` builds it once
+def build_task_source(config: Config, tasks_file: Path | None = None) -> TaskSource:
+    """The run's task source and curriculum, as the learner uses them. `rl train` builds it once
     before any process starts, so an empty file, a file without valid rows, a test split the data
-    cannot fill or a curriculum that names unknown distributions is a one-line SourceError there."""
+    cannot fill or a curriculum that names unknown distributions is a one-line SourceError there;
+    it saves the tasks to RUN/tasks.json, and the learner passes that file as `tasks_file`."""
     def curriculum(names: list[str]) -> Curriculum:
         try:
             return make_curriculum(config.curriculum_spec(), names)
         except ValueError as err:
             raise SourceError(f"curriculum: {err}") from None
 
-    return TaskSource(config, curriculum)
+    splits = load_splits(tasks_file) if tasks_file is not None and tasks_file.is_file() else None
+    return TaskSource(config, curriculum, splits)
 
 
 def overlong_error(split_name: str, distribution: str, limit: int) -> SourceError:
@@ -148,21 +153,43 @@ def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tu
     return train, test
 
 
+def build_all_splits(sources: list[ResolvedSource], config: Config) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
+    all_train: dict[str, list[Task]] = {}
+    all_test: dict[str, list[Task]] = {}
+    for source in sources:
+        train, test = build_source_splits(source, config.env, config.run.seed)
+        clash = (set(train) | set(test)) & (set(all_train) | set(all_test))
+        if clash:
+            raise SourceError(f"{source.label}: distribution names {sorted(clash)} are already used by another source; "
+                              "rename them (file sources: `name:`)")
+        all_train.update(train)
+        all_test.update(test)
+    return all_train, all_test
+
+
+def save_splits(source: TaskSource, path: Path) -> None:
+    """The built tasks as JSON (RUN/tasks.json): the learner reads them instead of generating them again
+    (the 12 Knights and Knaves sizes take about half a minute to generate)."""
+    dump = {split: {name: [t.model_dump(mode="json") for t in tasks] for name, tasks in tasks_of.items()}
+            for split, tasks_of in (("train", source.train), ("test", source.test))}
+    path.write_text(json.dumps(dump))
+
+
+def load_splits(path: Path) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
+    """What `save_splits` wrote; plain JSON, validated task by task (nothing is unpickled)."""
+    data = json.loads(path.read_text())
+    train, test = ({name: [Task.model_validate(t) for t in tasks] for name, tasks in data[split].items()} for split in ("train", "test"))
+    return train, test
+
+
 class TaskSource:
     def __init__(
         self, config: Config, curriculum_factory: Callable[[list[str]], Curriculum] = UniformCurriculum,
+        splits: tuple[dict[str, list[Task]], dict[str, list[Task]]] | None = None,
     ):
-        self.train: dict[str, list[Task]] = {}
-        self.test: dict[str, list[Task]] = {}
+        """`splits`: (train, test) as built before (`save_splits`), instead of building them again."""
         self.sources = resolve_sources(config.env, config.rewards)
-        for source in self.sources:
-            train, test = build_source_splits(source, config.env, config.run.seed)
-            clash = (set(train) | set(test)) & (set(self.train) | set(self.test))
-            if clash:
-                raise SourceError(f"{source.label}: distribution names {sorted(clash)} are already used by another source; "
-                                  "rename them (file sources: `name:`)")
-            self.train.update(train)
-            self.test.update(test)
+        self.train, self.test = splits if splits is not None else build_all_splits(self.sources, config)
         self.distributions = list(self.train)
         self.curriculum = curriculum_factory(self.distributions)
         self.rng = random.Random(config.run.seed)

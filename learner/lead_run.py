@@ -11,7 +11,7 @@ from typing import IO
 
 from transformers import AutoTokenizer
 
-from envs.source import TaskSource, build_task_source, reward_sets
+from envs.source import TASKS_FILE, TaskSource, build_task_source, reward_sets
 from learner.collect import SubmittedStep
 from learner.distributed import world_size
 from learner.ranks import Ranks
@@ -69,7 +69,7 @@ def open_lead_run(trainer: Trainer, ranks: Ranks, stop: StopSignals, run_dir: Pa
                   state: dict | None) -> LeadRun:
     """The task source (restored from a checkpoint's `state`), the learner's endpoint, the monitor."""
     config, engine = trainer.config, trainer.engine
-    source = build_task_source(config)  # as `rl train` built it before starting this process
+    source = build_task_source(config, run_dir / TASKS_FILE)  # the tasks `rl train` built and checked before starting us
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     source.drop_overlong(lambda tasks: prompt_lengths(tokenizer, tasks), config.prompt_token_limit())
     progress = resumed_progress(source, state, run_dir)

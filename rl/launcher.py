@@ -17,7 +17,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from envs.source import build_task_source, check_prompts_fit, check_run_inputs
+from envs.source import TASKS_FILE, build_task_source, check_prompts_fit, check_run_inputs, save_splits
 from rl.config import Config, to_yaml
 from rl.devices import FAKE_ENV, detect_machine
 from rl.models import resolve_model
@@ -181,6 +181,7 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
         print(f"[rl] resuming {run_dir} from {checkpoint.name}", flush=True)
         (run_dir / "learner_address").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config))
+    save_splits(source, run_dir / TASKS_FILE)  # the learner reads them instead of building them again
     (run_dir / "plan.txt").write_text(plan_text + "\n")
     if config.rollout.async_ and config.rollout.num_workers > 0 and not plan.on_gpu:
         print("[rl] note: rollout.async on a CPU-only machine: the local workers generate on the cores the learner "

@@ -139,3 +139,15 @@ def test_the_prompt_check_stops_at_the_first_prompt_that_fits_and_agrees_with_dr
         check_prompts_fit(source, word_count, 1)
     with pytest.raises(SourceError, match="every train task of add_1d has a prompt over 1 tokens"):
         source.drop_overlong(word_count, 1)
+
+
+def test_the_learner_reads_the_tasks_rl_train_built(tmp_path):
+    from envs.source import TASKS_FILE, build_task_source, save_splits
+    from rl.config import load_config
+
+    config = load_config("configs/files_example.yaml")
+    built = build_task_source(config)
+    save_splits(built, tmp_path / TASKS_FILE)
+    loaded = build_task_source(config, tmp_path / TASKS_FILE)
+    assert loaded.train == built.train and loaded.test == built.test and loaded.distributions == built.distributions
+    assert build_task_source(config, tmp_path / "absent.json").train == built.train  # no file: built again
