@@ -276,7 +276,8 @@ def read_rows(path: str | Path, source: FileSource, distribution_name: str | Non
     file = check_file(path)
     rows = raw_rows(file)
     if not rows:
-        raise DataError(f"{shown}: the file has no rows")
+        raise DataError(f"{shown}: the file is empty (no rows); put one question and answer per row in it, "
+                        "or point this source's path/test_path at the right file")
     objects = [row for _, row in rows if isinstance(row, dict)]
     columns = set().union(*(row.keys() for row in objects)) if objects else set()
     question_col, answer_col = resolve_columns(source, columns)
@@ -307,7 +308,7 @@ def read_rows(path: str | Path, source: FileSource, distribution_name: str | Non
     if not records:
         raise DataError(
             f"{shown}: no valid rows (format {fmt}, question column {question_col!r}, answer column {answer_col!r}): "
-            f"{describe(skipped, MAX_LISTED_STRICT)}"
+            f"{describe(skipped, MAX_LISTED_STRICT)}; fix the rows, or set format/question/answer on this source to match them"
         )
     return LoadedRows(path=shown, records=records, skipped=skipped, format=fmt)
 
@@ -374,6 +375,10 @@ def build_splits(
             test_groups[name] = shuffled(loaded.get(name, []), seed, name, "-test")[:test_size]
             if not test_groups[name]:
                 warnings.append(f"{test_file.path}: no test rows for distribution {name!r} of {train_file.path}")
+        if not any(test_groups.values()):
+            raise DataError(f"{test_file.path}: no row belongs to a distribution of {train_file.path} "
+                            f"({', '.join(train_groups)}), so there is nothing to hold out; give both files the same "
+                            "distributions (or the same `name:`)")
         files = [train_file, test_file]
         for name, rows in train_groups.items():
             train_groups[name] = shuffled(rows, seed, name)

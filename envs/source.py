@@ -13,22 +13,25 @@ epoch covers the data. Which distribution comes next is the curriculum's decisio
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from envs.prompts import PromptStyle
 from rl.config import Config, EnvConfig, RewardComponent
-from rl.curriculum import Curriculum, UniformCurriculum
+from rl.curriculum import Curriculum, UniformCurriculum, make_curriculum
 from rl.wire import Task
 
 log = logging.getLogger("envs")
 
 GENERATORS = {"arithmetic": "envs.arithmetic", "knights_knaves": "envs.knights_knaves", "countdown": "envs.countdown"}
 FILE_MODULE = "envs.files"
+TASKS_FILE = "tasks.json"  # in the run folder: the tasks `rl train` built, read by the learner
 
 
 class SourceError(ValueError):
@@ -100,6 +103,35 @@ def check_run_inputs(config: Config) -> None:
                               "rewards; mark one with `correctness: true`, or use signal: reward")
 
 
+def build_task_source(config: Config, tasks_file: Path | None = None) -> TaskSource:
+    """The run's task source and curriculum, as the learner uses them. `rl train` builds it once
+    before any process starts, so an empty file, a file without valid rows, a test split the data
+    cannot fill or a curriculum that names unknown distributions is a one-line SourceError there;
+    it saves the tasks to RUN/tasks.json, and the learner passes that file as `tasks_file`."""
+    def curriculum(names: list[str]) -> Curriculum:
+        try:
+            return make_curriculum(config.curriculum_spec(), names)
+        except ValueError as err:
+            raise SourceError(f"curriculum: {err}") from None
+
+    splits = load_splits(tasks_file) if tasks_file is not None and tasks_file.is_file() else None
+    return TaskSource(config, curriculum, splits)
+
+
+def overlong_error(split_name: str, distribution: str, limit: int) -> SourceError:
+    return SourceError(f"every {split_name} task of {distribution} has a prompt over {limit} tokens "
+                       "(rollout.max_model_len - max_new_tokens); raise rollout.max_model_len")
+
+
+def check_prompts_fit(source: TaskSource, lengths: Callable[[list[Task]], list[int]], limit: int, chunk: int = 32) -> None:
+    """SourceError where `drop_overlong` would leave a split of a distribution empty. Stops at each
+    split's first prompt that fits, so a start-up check costs a few tokenizations, not all of them."""
+    for split_name, split in (("train", source.train), ("test", source.test)):
+        for name, tasks in split.items():
+            if tasks and not any(n <= limit for start in range(0, len(tasks), chunk) for n in lengths(tasks[start:start + chunk])):
+                raise overlong_error(split_name, name, limit)
+
+
 def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
     """(train, test) task lists per distribution of one source, tagged with its reward set."""
     config = source.config
@@ -124,21 +156,43 @@ def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tu
     return train, test
 
 
+def build_all_splits(sources: list[ResolvedSource], config: Config) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
+    all_train: dict[str, list[Task]] = {}
+    all_test: dict[str, list[Task]] = {}
+    for source in sources:
+        train, test = build_source_splits(source, config.env, config.run.seed)
+        clash = (set(train) | set(test)) & (set(all_train) | set(all_test))
+        if clash:
+            raise SourceError(f"{source.label}: distribution names {sorted(clash)} are already used by another source; "
+                              "rename them (file sources: `name:`)")
+        all_train.update(train)
+        all_test.update(test)
+    return all_train, all_test
+
+
+def save_splits(source: TaskSource, path: Path) -> None:
+    """The built tasks as JSON (RUN/tasks.json): the learner reads them instead of generating them again
+    (the 12 Knights and Knaves sizes take about half a minute to generate)."""
+    dump = {split: {name: [t.model_dump(mode="json") for t in tasks] for name, tasks in tasks_of.items()}
+            for split, tasks_of in (("train", source.train), ("test", source.test))}
+    path.write_text(json.dumps(dump))
+
+
+def load_splits(path: Path) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
+    """What `save_splits` wrote; plain JSON, validated task by task (nothing is unpickled)."""
+    data = json.loads(path.read_text())
+    train, test = ({name: [Task.model_validate(t) for t in tasks] for name, tasks in data[split].items()} for split in ("train", "test"))
+    return train, test
+
+
 class TaskSource:
     def __init__(
         self, config: Config, curriculum_factory: Callable[[list[str]], Curriculum] = UniformCurriculum,
+        splits: tuple[dict[str, list[Task]], dict[str, list[Task]]] | None = None,
     ):
-        self.train: dict[str, list[Task]] = {}
-        self.test: dict[str, list[Task]] = {}
+        """`splits`: (train, test) as built before (`save_splits`), instead of building them again."""
         self.sources = resolve_sources(config.env, config.rewards)
-        for source in self.sources:
-            train, test = build_source_splits(source, config.env, config.run.seed)
-            clash = (set(train) | set(test)) & (set(self.train) | set(self.test))
-            if clash:
-                raise SourceError(f"{source.label}: distribution names {sorted(clash)} are already used by another source; "
-                                  "rename them (file sources: `name:`)")
-            self.train.update(train)
-            self.test.update(test)
+        self.train, self.test = splits if splits is not None else build_all_splits(self.sources, config)
         self.distributions = list(self.train)
         self.curriculum = curriculum_factory(self.distributions)
         self.rng = random.Random(config.run.seed)
@@ -155,9 +209,8 @@ class TaskSource:
                 if len(kept) < len(tasks):
                     log.warning("%s: dropped %d of %d %s tasks whose prompts exceed %d tokens (raise rollout.max_model_len to keep them)",
                                 name, len(tasks) - len(kept), len(tasks), split_name, limit)
-                if not kept:
-                    raise SourceError(f"every {split_name} task of {name} has a prompt over {limit} tokens "
-                                      "(rollout.max_model_len - max_new_tokens); raise rollout.max_model_len")
+                if tasks and not kept:  # (a test_path may hold no rows of a distribution: warned when read)
+                    raise overlong_error(split_name, name, limit)
                 split[name] = kept
         self.order = {name: [] for name in self.train}  # positions refer to the new lists
 

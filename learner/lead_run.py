@@ -11,7 +11,7 @@ from typing import IO
 
 from transformers import AutoTokenizer
 
-from envs.source import TaskSource, reward_sets
+from envs.source import TASKS_FILE, TaskSource, build_task_source, reward_sets
 from learner.collect import SubmittedStep
 from learner.distributed import world_size
 from learner.ranks import Ranks
@@ -19,7 +19,6 @@ from learner.stop import StopSignals
 from learner.trainer import Trainer
 from rl.config import Config
 from rl.coordinator import Coordinator
-from rl.curriculum import make_curriculum
 from rl.monitor import Monitor
 from rl.prompts import prompt_lengths, render_prompts
 from rl.replies import receive_limits
@@ -71,7 +70,7 @@ def open_lead_run(trainer: Trainer, ranks: Ranks, stop: StopSignals, run_dir: Pa
                   state: dict | None) -> LeadRun:
     """The task source (restored from a checkpoint's `state`), the learner's endpoint, the monitor."""
     config, engine = trainer.config, trainer.engine
-    source = TaskSource(config, lambda names: make_curriculum(config.curriculum_spec(), names))
+    source = build_task_source(config, run_dir / TASKS_FILE)  # the tasks `rl train` built and checked before starting us
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     source.drop_overlong(lambda tasks: prompt_lengths(tokenizer, tasks), config.prompt_token_limit())
     progress = resumed_progress(source, state, run_dir)

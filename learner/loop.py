@@ -134,9 +134,9 @@ def collect(rank0: LeadRun, step: int) -> tuple[StepBatch, dict | None]:
 
 def train(rank0: LeadRun, step: int, batch: StepBatch) -> dict[str, float] | None:
     """Every rank updates on the batch; None when nothing in it can be trained on."""
-    rank0.ranks.tell(STEP)
+    rank0.ranks.tell(STEP, step)  # the step seeds each epoch's mini-batch order on every rank
     rank0.ranks.send_samples(batch.samples)
-    train_metrics = rank0.trainer.train(batch.samples)
+    train_metrics = rank0.trainer.train(batch.samples, step)
     if train_metrics is None:  # every group was dropped or filtered: nothing to learn from, the policy stays as it is
         print(f"[rl] step {step}: no trainable samples (all groups dropped or filtered); no update", flush=True)
     return train_metrics

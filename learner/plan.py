@@ -1,7 +1,9 @@
 """Which samples go into which micro-batch, mini-batch and learner rank for one training step.
 
 - Mini-batches (PPO's `train.mini_batches`): the batch's samples, ordered group by group, in
-  consecutive slices of near-equal size; each slice is one optimizer update.
+  consecutive slices of near-equal size; each slice is one optimizer update. With several
+  mini-batches every epoch takes the groups in its own shuffled order, seeded by (seed, step,
+  epoch) alone, so every rank plans the same and a rerun repeats it (`epoch_plans`).
 - Packed layout: a mini-batch's groups (samples sharing a prompt) go into rows of at most
   `max_tokens_per_micro_batch` tokens (first-fit decreasing; a group longer than the budget gets a
   row of its own). With several ranks the budget shrinks to about a rank's share of the tokens,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import dataclass, field, replace
 
 from learner.batch import MicroBatch, TrainSample, collate_packed, collate_padded
@@ -111,12 +114,35 @@ def assign_to_ranks(micro_batches: list[MicroBatch], world_size: int) -> list[li
     return [sorted(o) for o in owned]
 
 
+def shuffled_order(samples: list[TrainSample], seed: int, step: int, epoch: int) -> list[int]:
+    """Every sample index, group by group, the groups in an order drawn from (seed, step, epoch) only:
+    no global random state, so all learner ranks draw the same order."""
+    groups = group_indices(samples, list(range(len(samples))))
+    random.Random(f"mini-batches-{seed}-{step}-{epoch}").shuffle(groups)  # a str seed hashes the same in every process
+    return [i for group in groups for i in group]
+
+
+def epoch_plans(samples: list[TrainSample], layout: Layout, mini_batches: int, epochs: int, *, seed: int, step: int,
+                rank: int = 0, world_size: int = 1) -> list[list[MiniBatchPlan]]:
+    """The plan of each epoch, each with its own order of groups. One mini-batch: one plan for every
+    epoch (the update sees the whole batch whatever the order)."""
+    if mini_batches <= 1:
+        return [plan_step(samples, layout, 1, rank, world_size)]
+    return [plan_step(samples, layout, mini_batches, rank, world_size, order=shuffled_order(samples, seed, step, epoch))
+            for epoch in range(epochs)]
+
+
 def plan_step(samples: list[TrainSample], layout: Layout, mini_batches: int = 1, rank: int = 0,
-              world_size: int = 1) -> list[MiniBatchPlan]:
-    """This rank's share of every mini-batch of the step, with the whole mini-batch's denominators."""
+              world_size: int = 1, order: list[int] | None = None) -> list[MiniBatchPlan]:
+    """This rank's share of every mini-batch of the step, with the whole mini-batch's denominators.
+
+    `order`: the sample indices in the order the mini-batches slice them (default group by group, as received).
+    """
     if not samples:
         raise ValueError("no samples to train on")
-    ordered = [i for group in group_indices(samples, list(range(len(samples)))) for i in group]
+    ordered = order if order is not None else [i for group in group_indices(samples, list(range(len(samples)))) for i in group]
+    if sorted(ordered) != list(range(len(samples))):
+        raise ValueError("order must list every sample index exactly once")
     plans = []
     for indices in (part for part in split_evenly(ordered, max(1, mini_batches)) if part):
         every = micro_batches_of(samples, indices, layout, world_size)

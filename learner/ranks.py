@@ -34,7 +34,7 @@ def follow(trainer: Trainer, run_dir: Path, model_path: str) -> int:
     while True:
         command, argument = broadcast_int(None), broadcast_int(None)
         if command == STEP:
-            if trainer.train(broadcast_samples(None, TrainSample)) is not None:
+            if trainer.train(broadcast_samples(None, TrainSample), step=argument) is not None:
                 trainer.take_part_in_publication()
         elif command == PUBLISH:
             trainer.take_part_in_publication()

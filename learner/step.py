@@ -7,7 +7,10 @@ Shape of a step (`learner.plan` decides which micro-batch holds which samples, o
    inside GAE's rewards;
 2. `epochs` x `mini_batches` optimizer updates; each accumulates its micro-batches' gradients with
    the whole mini-batch's denominators, so the sum of the micro-batch losses is exactly the
-   mini-batch loss whatever the micro-batch count, layout and rank count are.
+   mini-batch loss whatever the micro-batch count, layout and rank count are. With several
+   mini-batches each epoch slices the batch in its own seeded order (`learner.plan.epoch_plans`);
+   step 1 then runs once per epoch, all before the first update, so every epoch's ratio is taken
+   against the same pre-update policy.
 
 With one update per batch the ratio's denominator is the grad pass's own detached logprobs (the
 policy has not moved yet), also for truncated importance sampling: no extra forward pass is spent.
@@ -41,7 +44,7 @@ from learner.losses import (
     truncated_is_weights,
     value_loss,
 )
-from learner.plan import Layout, MiniBatchPlan, plan_step
+from learner.plan import Layout, MiniBatchPlan, epoch_plans
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class StepSettings:
     lam: float = 0.95
     value_clip: float | None = 0.2
     whiten_advantages: bool = True
+    seed: int = 0  # with (step, epoch), the order in which each epoch takes the mini-batches
 
     @property
     def updates(self) -> int:
@@ -91,9 +95,12 @@ class PreparedMiniBatch:
 
 def train_step(
     engine, samples: list[TrainSample], settings: StepSettings, layout: Layout = Layout(), *, ref_model=None,
-    critic=None, rank: int = 0, world_size: int = 1,
+    critic=None, rank: int = 0, world_size: int = 1, step: int = 0,
 ) -> dict[str, float]:
-    """Train on one batch of samples (this rank's share of it); return metrics averaged over its updates."""
+    """Train on one batch of samples (this rank's share of it); return metrics averaged over its updates.
+
+    `step` (the run's step) seeds, with `settings.seed`, each epoch's mini-batch order: every rank must pass the same.
+    """
     if settings.kl_coef > 0 and ref_model is None:
         raise ValueError("kl_coef > 0 needs ref_model (learner.engine.build_reference_model)")
     if settings.gae and critic is None:
@@ -102,14 +109,15 @@ def train_step(
         raise ValueError("the batch has no completion tokens to train on")
 
     start = time.perf_counter()
-    plans = plan_step(samples, layout, settings.mini_batches, rank, world_size)
-    prepared = prepare(engine, plans, settings, ref_model, critic, world_size)
+    plans = epoch_plans(samples, layout, settings.mini_batches, settings.epochs, seed=settings.seed, step=step,
+                        rank=rank, world_size=world_size)
+    prepared = [prepare(engine, plan, settings, ref_model, critic, world_size) for plan in plans]  # before any update
     lr = engine.get_lr()[0]  # the LR of this step's first update; the scheduler advances in engine.step()
     totals: dict[str, float] = defaultdict(float)
     seen_tokens = 0
     grad_norms: list[float] = []
-    for _ in range(settings.epochs):
-        for mini_batch in prepared:
+    for epoch in range(settings.epochs):
+        for mini_batch in prepared[epoch % len(prepared)]:
             metrics, tokens, grad_norm = update(engine, mini_batch, settings, critic, world_size)
             for key, value in metrics.items():
                 totals[key] += value / settings.updates

@@ -39,12 +39,12 @@ class Trainer:
         self.layout = choose_layout(Layout(t.packing, budget, t.micro_batch_size, pad_id),
                                     {"policy": engine, "critic": critic, "reference model": ref_model})
 
-    def train(self, samples: list[TrainSample]) -> dict[str, float] | None:
-        """One update on the batch; None (and no update) when nothing in it can be trained on."""
+    def train(self, samples: list[TrainSample], step: int) -> dict[str, float] | None:
+        """One update on the batch of `step`; None (and no update) when nothing in it can be trained on."""
         if not any(s.in_loss and s.completion_ids for s in samples):
             return None
         return train_step(self.engine, samples, self.settings, self.layout, ref_model=self.ref_model, critic=self.critic,
-                          rank=rank(), world_size=world_size())
+                          rank=rank(), world_size=world_size(), step=step)
 
     def publication(self) -> Publication:
         return iter_publish_tensors(self.engine, self.rollout_dtype, self.bucket_bytes)
@@ -105,6 +105,7 @@ def step_settings(config: Config) -> StepSettings:
         length_norm=float(t.length_norm or config.rollout.max_new_tokens), temperature=config.rollout.temperature or 1.0,
         tis_cap=t.tis_cap if config.rollout.async_ else None, epochs=t.epochs, mini_batches=t.mini_batches,
         gae=t.advantage == "gae", gamma=c.gamma, lam=c.lam, value_clip=c.value_clip, whiten_advantages=c.whiten_advantages,
+        seed=config.run.seed,
     )
 
 

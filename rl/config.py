@@ -10,6 +10,7 @@ This module imports nothing heavy: the CLI validates a config before any model i
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,12 +23,30 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from rl.security import is_loopback
 
 
+def non_finite_at(value: Any) -> tuple[list[str], float] | None:
+    """(path of keys and list indices, the value) of the first nan or inf inside `value`; None if there is none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [], value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, inner in items:
+        found = non_finite_at(inner)
+        if found is not None:
+            return [str(key), *found[0]], found[1]
+    return None
+
+
+# No setting means anything as nan or inf (a weight, a rate, a clip range): every float field of
+# every model refuses them, so `rewards.0.weight=nan` fails at load time naming the key.
+FINITE_ONLY = ConfigDict(allow_inf_nan=False)
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, **FINITE_ONLY)
 
 
 class RunConfig(Section):
@@ -39,7 +58,7 @@ class RunConfig(Section):
 class RewardComponent(BaseModel):
     """A reward component; any other key is a parameter of its function (checked at start-up)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", **FINITE_ONLY)
     name: str = Field(description="Built-in name, module:function, or path/to/file.py:function.")
     weight: float = Field(1.0, description="Weight of this component in the total reward.")
     on_error: float = Field(0.0, description="Score when the function raises or exceeds the timeout.")
@@ -48,6 +67,17 @@ class RewardComponent(BaseModel):
         None, description="This component says whether an answer is right (positive = correct) and defines accuracy; "
         "default: the first of boxed_answer, math_answer, knights_knaves, countdown."
     )
+
+    @model_validator(mode="after")
+    def _check_parameters_finite(self) -> RewardComponent:
+        """The extra keys (the function's parameters) have no declared type, so allow_inf_nan cannot see them."""
+        for key, value in (self.model_extra or {}).items():
+            found = non_finite_at(value)
+            if found is not None:
+                path = ".".join([key, *found[0]])
+                raise PydanticCustomError("finite_number", "parameter {key} must be a finite number, got {got}",
+                                          {"key": path, "got": found[1]})
+        return self
 
 
 class SourceBase(Section):
@@ -202,7 +232,10 @@ class TrainConfig(Section):
     clip_eps_low: float | None = Field(None, gt=0, lt=1, description="Lower clip range: ratio >= 1 - clip_eps_low; default clip_eps.")
     clip_eps_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO's clip-higher: 0.28); default clip_eps.")
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the reference model; 0 loads no reference model.")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman 2020): k1 log-ratio, k2 squared, k3 unbiased and >= 0.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="KL estimator (Schulman 2020): k1 log-ratio, k2 squared, k3 unbiased and >= 0; in the loss, k2's "
+        "gradient is reverse KL's, k3's forward KL's, k1's zero (refused with kl_in: loss)."
+    )
     kl_in: Literal["loss", "reward"] = Field(
         "loss", description="loss: a KL term in the loss; reward: a per-token reward penalty (PPO-RLHF, advantage: gae only)."
     )
@@ -452,6 +485,12 @@ class Config(Section):
         if t.kl_in == "reward" and t.advantage != "gae" and t.kl_coef > 0:
             raise ValueError("train.kl_in=reward shapes per-token rewards for GAE; use it with train.advantage=gae "
                              "(train.algorithm=ppo), or set train.kl_in=loss")
+        if t.kl_in == "loss" and t.kl_estimator == "k1" and t.kl_coef > 0:
+            # E_pi[grad log pi] = 0: as a loss k1's expected gradient is zero, the penalty would do nothing
+            raise ValueError("train.kl_estimator=k1 inside the loss (train.kl_in=loss) has zero expected gradient, so the KL "
+                             "penalty would do nothing; use train.kl_estimator=k2 (its gradient is the on-policy reverse-KL "
+                             "gradient) or k3 (the default), or keep k1 as a reward penalty with train.kl_in=reward "
+                             "(train.algorithm=ppo)")
         if self.rollout.async_ and self.rollout.max_staleness < 1:
             raise ValueError("rollout.async=true trains on samples one policy version old; set rollout.max_staleness >= 1")
         batch = self.rollout.prompts_per_step * self.rollout.samples_per_prompt
@@ -577,6 +616,11 @@ def describe_error(error: dict[str, Any]) -> str:
         return error["msg"].removeprefix("Value error, ")
     if kind == "missing":
         return f"`{path}` is required."
+    if kind == "finite_number":  # nan or inf, in a float field or (key in ctx) a reward parameter
+        ctx = error.get("ctx") or {}
+        where = f"{path}.{ctx['key']}" if "key" in ctx else path
+        got = ctx.get("got", error.get("input"))
+        return f"`{where}` must be a finite number, got {got!r}; nan and inf mean nothing as a setting."
     expected = EXPECTED.get(kind)
     got = error.get("input")
     if kind == "literal_error":

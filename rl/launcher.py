@@ -17,7 +17,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from envs.source import check_run_inputs
+from envs.source import TASKS_FILE, build_task_source, check_prompts_fit, check_run_inputs, save_splits
 from rl.config import Config, to_yaml
 from rl.devices import FAKE_ENV, detect_machine
 from rl.models import resolve_model
@@ -155,8 +155,10 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
     print(plan_text, flush=True)
     if plan_only:
         return 0
-    # Bad rewards, distribution names, data files and hostfiles fail here, before any process starts.
+    # Bad rewards, distribution names, data files and hostfiles fail here, before any process starts,
+    # and so does every data problem: the task source is built here once, as the learner will build it.
     check_run_inputs(config)
+    source = build_task_source(config)
     from learner.distributed import learner_command  # torch: not needed until here
 
     def learner_argv(args: list[str]) -> list[str]:
@@ -168,6 +170,7 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
     except (OSError, ValueError) as err:
         raise SystemExit(f"[rl] learner: {err}") from None
     model_path = resolve_model(config.model)  # a missing model fails before any process starts
+    check_prompts_fit(source, prompt_counter(model_path), config.prompt_token_limit())
     if resume_dir is None:
         run_dir = make_run_dir(config)
         print(f"[rl] run folder: {run_dir}", flush=True)
@@ -183,6 +186,7 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
             print(f"[rl] set aside the later checkpoint {moved.name} in {moved.parent} (this run writes that step again)", flush=True)
         (run_dir / "learner_address").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config))
+    save_splits(source, run_dir / TASKS_FILE)  # the learner reads them instead of building them again
     (run_dir / "plan.txt").write_text(plan_text + "\n")
     if config.rollout.async_ and config.rollout.num_workers > 0 and not plan.on_gpu:
         print("[rl] note: rollout.async on a CPU-only machine: the local workers generate on the cores the learner "
@@ -212,6 +216,16 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
         return 130
     finally:
         stop(processes)
+
+
+def prompt_counter(model_path: Path):
+    """Prompt token counts under the model's chat template (its tokenizer only, no weights)."""
+    from transformers import AutoTokenizer
+
+    from rl.prompts import prompt_lengths
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return lambda tasks: prompt_lengths(tokenizer, tasks)
 
 
 def wait_for_address(path: Path, learner: subprocess.Popen, timeout_s: float = 900) -> str:

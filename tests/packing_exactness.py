@@ -15,7 +15,7 @@ import torch
 from learner.batch import TrainSample
 from learner.critic import ValueModel
 from learner.logprobs import completion_logprobs
-from learner.plan import Layout, plan_step
+from learner.plan import Layout, epoch_plans
 from learner.step import StepSettings, critic_micro_batch_loss, policy_micro_batch_loss, prepare
 
 # The presets' settings (rl/config.py ALGORITHM_PRESETS) with a KL term, the entropy bonus and
@@ -73,7 +73,7 @@ def run_path(policy, ref, critic, samples: list[TrainSample], settings: StepSett
     for module in (policy, critic):
         if module is not None:
             module.zero_grad(set_to_none=True)
-    plans = plan_step(samples, layout, settings.mini_batches)
+    plans = epoch_plans(samples, layout, settings.mini_batches, settings.epochs, seed=settings.seed, step=1)[0]  # the step's own
     for mini in prepare(policy, plans, settings, ref, critic, world_size=1):
         for item in mini.items:
             with torch.no_grad():

@@ -3,7 +3,7 @@
 import logging
 
 from learner.batch import TrainSample
-from learner.plan import Layout, assign_to_ranks, choose_layout, pack_groups, plan_step
+from learner.plan import Layout, assign_to_ranks, choose_layout, epoch_plans, pack_groups, plan_step
 
 
 def group(prompt_len: int, completion_lens: list[int], first_token: int, in_loss: bool = True) -> list[TrainSample]:
@@ -64,6 +64,37 @@ def test_filtered_samples_leave_the_denominators():
     samples = group(3, [4, 4], 100) + group(3, [2], 200, in_loss=False)
     (plan,) = plan_step(samples, Layout())
     assert plan.num_tokens == 8 and plan.num_sequences == 2
+
+
+def mini_batch_order(plans) -> list[list[int]]:
+    """Each update's samples (lockstep copies left out), in the order the updates run."""
+    return [[i for mb, weight in zip(plan.micro_batches, plan.weights) if weight > 0 for i in mb.sample_index] for plan in plans]
+
+
+def test_each_epoch_takes_the_mini_batches_in_its_own_seeded_order():
+    samples = [s for k in range(8) for s in group(3 + k, [2, 3], 100 * (k + 1))]  # 8 groups of 2
+    layout = Layout(packing=True, max_tokens_per_micro_batch=1000)
+
+    def orders(seed, step, epochs=3):
+        return [mini_batch_order(plans) for plans in epoch_plans(samples, layout, 4, epochs, seed=seed, step=step)]
+
+    first, second, third = orders(seed=0, step=5)
+    assert first != second and second != third and first != third  # the updates of each epoch see other samples
+    for epoch in (first, second, third):  # every epoch covers the batch once, whole groups, 4 updates
+        assert sorted(i for update in epoch for i in update) == list(range(16)) and len(epoch) == 4
+        assert all(i // 2 * 2 in update and i // 2 * 2 + 1 in update for update in epoch for i in update)
+    assert orders(seed=0, step=5) == [first, second, third]  # same seed and step: the same orders (every rank agrees)
+    assert orders(seed=1, step=5)[0] != first and orders(seed=0, step=6)[0] != first
+    ranks = [epoch_plans(samples, layout, 4, 2, seed=0, step=5, rank=r, world_size=2) for r in range(2)]
+    for epoch in range(2):  # two ranks split each epoch's mini-batches between them, in the same order
+        together = [sorted(a + b) for a, b in zip(mini_batch_order(ranks[0][epoch]), mini_batch_order(ranks[1][epoch]))]
+        assert together == [sorted(update) for update in (first, second)[epoch]]
+
+
+def test_one_mini_batch_keeps_one_plan_for_every_epoch():
+    samples = group(3, [2, 2], 100) + group(4, [1, 3], 200)
+    (plans,) = epoch_plans(samples, Layout(), 1, 3, seed=0, step=1)
+    assert mini_batch_order(plans) == mini_batch_order(plan_step(samples, Layout()))
 
 
 class FakeModel:
