@@ -15,6 +15,7 @@ def sandbox(tmp_path: Path, gpu: bool, venv_torch: str | None) -> tuple[Path, di
     (tmp_path / "scripts").mkdir(parents=True)
     shutil.copy(REPO / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(REPO / "constraints", tmp_path / "constraints")
     bin_dir = tmp_path / "fakebin"
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\nexit {0 if gpu else 1}\n")
@@ -28,8 +29,11 @@ def sandbox(tmp_path: Path, gpu: bool, venv_torch: str | None) -> tuple[Path, di
     return tmp_path, env
 
 
-def stamp_hash(root: Path) -> str:
+def stamp_hash(root: Path, branch: str = "cuda") -> str:
+    """The CPU install also hashes its constraints file: new constraints, a new install."""
     data = (root / "pyproject.toml").read_bytes() + (root / "scripts" / "setup.sh").read_bytes()
+    if branch == "cpu":
+        data += (root / "constraints" / "cpu.txt").read_bytes()
     return hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -53,3 +57,13 @@ def test_the_stamp_of_this_branch_skips_everything(tmp_path):
     root2, env2 = sandbox(tmp_path / "cpu", gpu=False, venv_torch="cpu")
     (root2 / ".venv" / f".setup-cuda-{stamp_hash(root2)}").touch()  # a stamp of the other branch is not this one's
     assert "recreating" not in run(root2, env2).stdout and (root2 / ".venv").exists()
+
+
+def test_a_cpu_stamp_covers_the_constraints_file(tmp_path):
+    root, env = sandbox(tmp_path, gpu=False, venv_torch="cpu")
+    (root / ".venv" / f".setup-cpu-{stamp_hash(root, 'cpu')}").touch()
+    done = run(root, env)
+    assert done.returncode == 0 and done.stdout == ""  # same constraints: nothing to do
+    with (root / "constraints" / "cpu.txt").open("a") as constraints:
+        constraints.write("somepackage==1.0\n")
+    assert "[setup] no GPU: installing" in run(root, env).stdout  # changed constraints: installs again
