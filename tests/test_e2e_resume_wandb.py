@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tests.test_e2e import REPO, assert_no_process_mentions, write_config
-from tests.wandb_history import differences, metrics_rows, wandb_history, wandb_records
+from tests.wandb_history import differences, metrics_rows, wandb_history, wandb_run_record
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +63,7 @@ def test_a_resume_after_a_killed_learner_leaves_one_wandb_run_that_matches_metri
     assert named.name not in killed_runs
     assert f"wandb sync {named}" in resumed.stdout
     assert differences(expected, wandb_history(named)) == []
-    (run,) = [r["run"] for r in wandb_records(named) if r.get("type") == "run"]
+    run = wandb_run_record(named)
     assert run["config"]["update"]["resumed_from"] == killed_id and run["config"]["update"]["resumed_at_step"] == 3
     assert run["display_name"] == run_dir.name
     assert_no_process_mentions(str(run_dir))

@@ -8,7 +8,7 @@ import math
 
 from rl.config import Config
 from rl.monitor import Monitor, truncate_after
-from tests.wandb_history import differences, metrics_rows, offline_run_folder, wandb_history, wandb_records
+from tests.wandb_history import differences, metrics_rows, offline_run_folder, wandb_history, wandb_run_record
 
 
 def offline_config() -> Config:
@@ -38,7 +38,7 @@ def test_a_resumed_monitor_replays_the_steps_up_to_the_checkpoint_into_a_new_lin
     folder = offline_run_folder(run_dir / "wandb", second_id)
     assert (run_dir / "wandb" / "latest-run").resolve() == folder.resolve()  # the run the README names
     assert differences(expected, wandb_history(folder)) == []
-    (run,) = [r["run"] for r in wandb_records(folder) if r.get("type") == "run"]
+    run = wandb_run_record(folder)
     config = run["config"]["update"]
     assert config["resumed_from"] == first_id and config["resumed_at_step"] == 3
     assert run["display_name"] == run_dir.name and json.dumps(run).count(run_dir.name) >= 2  # name and group

@@ -22,7 +22,8 @@ def sandbox(tmp_path: Path, gpu: bool, venv_torch: str | None) -> tuple[Path, di
     (bin_dir / "nvidia-smi").chmod(0o755)
     if venv_torch:
         (tmp_path / ".venv" / "bin").mkdir(parents=True)
-        (tmp_path / ".venv" / "bin" / "python").write_text(f"#!/bin/sh\necho {venv_torch}\n")
+        # it also logs its arguments, so a test can see which pip commands the script ran
+        (tmp_path / ".venv" / "bin" / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/python-calls.log\necho {venv_torch}\n')
         (tmp_path / ".venv" / "bin" / "python").chmod(0o755)
     # PYTHON fails: the script stops where it would start installing
     env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": "false"}
@@ -67,3 +68,18 @@ def test_a_cpu_stamp_covers_the_constraints_file(tmp_path):
     with (root / "constraints" / "cpu.txt").open("a") as constraints:
         constraints.write("somepackage==1.0\n")
     assert "[setup] no GPU: installing" in run(root, env).stdout  # changed constraints: installs again
+
+
+def pip_installs(root: Path) -> list[str]:
+    return [line for line in (root / "python-calls.log").read_text().splitlines() if line.startswith("-m pip install")]
+
+
+def test_the_cpu_install_uses_the_constraints_and_the_cuda_install_pins_vllm_and_torch_only(tmp_path):
+    root, env = sandbox(tmp_path / "cpu", gpu=False, venv_torch="cpu")
+    assert run(root, env).returncode == 0
+    installs = pip_installs(root)
+    assert len(installs) == 5 and all(line.endswith("-c constraints/cpu.txt") for line in installs), installs
+    root, env = sandbox(tmp_path / "cuda", gpu=True, venv_torch="cuda")
+    assert run(root, env).returncode == 0
+    installs = pip_installs(root)
+    assert "-m pip install -q vllm==0.32.0 torch==2.13.0" in installs and not any("-c " in line for line in installs), installs

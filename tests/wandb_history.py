@@ -37,10 +37,9 @@ def wandb_history(run_folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def wandb_run_config(run_folder: Path) -> dict[str, Any]:
-    """The run record's display name, group and config (values unwrapped)."""
-    (run,) = [r["run"] for r in wandb_records(run_folder) if r.get("type") == "run"]
-    return run
+def wandb_run_record(run_folder: Path) -> dict[str, Any]:
+    """The run record: id, display name, group, and the config (under config.update)."""
+    return next(r["run"] for r in wandb_records(run_folder) if r.get("type") == "run")
 
 
 def metrics_rows(metrics_path: Path) -> list[dict[str, Any]]:
