@@ -65,5 +65,5 @@ def test_a_resume_after_a_killed_learner_leaves_one_wandb_run_that_matches_metri
     assert differences(expected, wandb_history(named)) == []
     run = wandb_run_record(named)
     assert run["config"]["update"]["resumed_from"] == killed_id and run["config"]["update"]["resumed_at_step"] == 3
-    assert run["display_name"] == run_dir.name
+    assert run["display_name"] == run["run_group"] == run_dir.name
     assert_no_process_mentions(str(run_dir))

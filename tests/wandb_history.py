@@ -48,9 +48,12 @@ def metrics_rows(metrics_path: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k != "time"} for row in rows]
 
 
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}  # how W&B's JSON spells them
+
+
 def same_value(a: Any, b: Any) -> bool:
-    """JSON has no NaN: W&B writes a NaN metric as null."""
-    nan = lambda v: v is None or (isinstance(v, float) and math.isnan(v))
+    a, b = (NON_FINITE.get(v, v) if isinstance(v, str) else v for v in (a, b))
+    nan = lambda v: isinstance(v, float) and math.isnan(v)
     if nan(a) or nan(b):
         return nan(a) and nan(b)
     return a == b
