@@ -3,7 +3,6 @@ monitor, the audit file) and where the run stands: what every phase of a step re
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from learner.stop import StopSignals
 from learner.trainer import Trainer
 from rl.config import Config
 from rl.coordinator import Coordinator
-from rl.monitor import Monitor
+from rl.monitor import Monitor, truncate_after
 from rl.prompts import prompt_lengths, render_prompts
 from rl.replies import receive_limits
 from rl.transport import LearnerEndpoint
@@ -91,7 +90,8 @@ def open_lead_run(trainer: Trainer, ranks: Ranks, stop: StopSignals, run_dir: Pa
              "ZeRO stage %d", endpoint.address, endpoint.security_description, limits.max_message_bytes / 2**20,
              limits.receive_hwm, world_size(), config.train.zero_stage)
 
-    monitor = Monitor(config, run_dir, config.train.steps, initial_step=progress.last_step, wandb_id=progress.wandb_id)
+    monitor = Monitor(config, run_dir, config.train.steps, initial_step=progress.last_step,
+                      resumed_from=progress.wandb_id)
     audit = (run_dir / "trained_samples.jsonl").open("a")
     return LeadRun(config, trainer, ranks, stop, run_dir, model_path, source, progress, endpoint, coordinator,
                    collective_publication, monitor, audit)
@@ -103,18 +103,10 @@ def resumed_progress(source: TaskSource, state: dict | None, run_dir: Path) -> P
     if state is not None:
         done_step, version, wandb_id = state["step"], state["policy_version"], state.get("wandb_id")
         source.load_state_dict(state["source"])
-        for log_file in ("metrics.jsonl", "trained_samples.jsonl"):  # resumed from an older checkpoint: later steps come again
-            truncate_metrics(run_dir / log_file, done_step)
+        for name in ("metrics.jsonl", "trained_samples.jsonl"):  # one line per step after the resume
+            truncate_after(run_dir / name, done_step)
     # source_before_step: what a checkpoint of the last finished step records
     return Progress(last_step=done_step, version=version, source_before_step=source.state_dict(), wandb_id=wandb_id)
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines of steps after the checkpoint: the resumed run writes them again."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def welcome(config: Config, model_path: str, run_dir: Path, worker_id: int) -> Welcome:

@@ -5,8 +5,9 @@ A reward function takes the completion text and the task and returns a float:
     def my_reward(completion: str, task: rl.wire.Task, *, my_param: float = 1.0) -> float
 
 Keyword parameters come from the config entry (`{name: my_reward, weight: 0.5, my_param: 2}`).
-A function may also accept `num_tokens` (completion length in tokens) and `finish_reason`
-("stop" or "length"); they are passed when its signature names them. The batch form
+A function may also accept `num_tokens` (completion length in tokens), `finish_reason`
+("stop" or "length") and `token_ids` (the completion's token ids, a list of ints); they are
+passed when its signature names them. The batch form
 (`@reward(batch=True)`) takes lists — `(completions: list[str], tasks: list[Task], ...)` — and
 returns one float per completion; it is called once per group of samples of the same prompt.
 
@@ -30,7 +31,7 @@ from typing import Any
 from rl.wire import Task
 
 RewardFn = Callable[..., Any]
-CONTEXT_KEYS = ("num_tokens", "finish_reason")
+CONTEXT_KEYS = ("num_tokens", "finish_reason", "token_ids")
 RESERVED_KEYS = ("name", "weight", "on_error", "alias", "correctness")
 
 # Built-in rewards, imported on first use so that a config check stays cheap.

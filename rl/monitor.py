@@ -2,6 +2,12 @@
 a progress bar, and PNG plots of the curves at the end of a run.
 
 Metrics are computed elsewhere and handed in as flat dicts with namespaced keys.
+
+W&B after a resume: every start of a run folder is a new W&B run, in the group named after the
+folder and with the folder's name. A resumed start first replays RUN/metrics.jsonl (already cut
+back to the checkpoint's step) into its new W&B run, so that run holds every step once, with the
+values metrics.jsonl has. Re-logging into the old run cannot work: W&B ignores steps that do not
+increase, and an offline run that was killed never wrote its last unflushed steps.
 """
 
 from __future__ import annotations
@@ -18,14 +24,19 @@ from rl.config import Config
 
 
 class Monitor:
-    def __init__(self, config: Config, run_dir: Path, total_steps: int, initial_step: int = 0, wandb_id: str | None = None):
+    def __init__(self, config: Config, run_dir: Path, total_steps: int, initial_step: int = 0,
+                 resumed_from: str | None = None):
+        """`initial_step` > 0: a resume after that step's checkpoint; `resumed_from`: the W&B run id it recorded."""
         self.run_dir = run_dir
         metrics_path = run_dir / "metrics.jsonl"
-        # a resumed run plots its earlier steps too
+        # a resumed run plots its earlier steps too, and replays them into its W&B run
         self.history: list[dict[str, Any]] = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
             if metrics_path.is_file() else []
         self.metrics_file = metrics_path.open("a")
-        self.wandb_run = start_wandb(config, run_dir, wandb_id)
+        resumed = {"resumed_from": resumed_from, "resumed_at_step": initial_step} if initial_step > 0 else {}
+        self.wandb_run = start_wandb(config, run_dir, resumed)
+        if self.wandb_run is not None:
+            replay(self.wandb_run, self.history)
         self.progress = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
                              disable=not config.logging.progress, dynamic_ncols=True)
 
@@ -64,7 +75,24 @@ class Monitor:
                 print(f"[rl] W&B ran offline; upload with: wandb sync {run_path}", flush=True)
 
 
-def start_wandb(config: Config, run_dir: Path, run_id: str | None = None):
+def truncate_after(path: Path, last_step: int) -> None:
+    """Drop the lines of steps after the checkpoint (the resumed run writes them again), and a line
+    cut short by a killed learner."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if (step := line_step(line)) is not None and step <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def line_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # empty, torn, or not a step's line
+        return None
+
+
+def start_wandb(config: Config, run_dir: Path, resumed: dict[str, Any]):
+    """A new W&B run for this start of `run_dir`; `resumed` (resumed_from, resumed_at_step) goes into its config."""
     mode = config.logging.wandb
     if mode == "disabled":
         return None
@@ -75,13 +103,18 @@ def start_wandb(config: Config, run_dir: Path, run_id: str | None = None):
     return wandb.init(
         project=config.logging.project,
         name=run_dir.name,
+        group=run_dir.name,  # a resumed start is a new W&B run in the same group
         dir=str(run_dir),
         mode=mode,
-        config=config.model_dump(mode="json"),
-        id=run_id,
-        resume="allow" if run_id else None,
+        config={**config.model_dump(mode="json"), **resumed},
         settings=wandb.Settings(console="off", silent=True),
     )
+
+
+def replay(wandb_run, history: list[dict[str, Any]]) -> None:
+    """Log the steps metrics.jsonl already holds (a resume: those up to the checkpoint) into a new W&B run."""
+    for record in history:
+        wandb_run.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=record["step"])
 
 
 PLOTTED = [

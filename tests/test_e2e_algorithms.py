@@ -39,7 +39,9 @@ def test_ppo_trains_policy_and_critic_and_checkpoints_both(tmp_path, tiny_model_
     assert [r["policy_version"] for r in records] == [1, 2]
     for r in records:
         assert r["loss/value"] > 0 and "critic/value_mean" in r and "critic/return_mean" in r
-        assert r["loss/kl"] == 0.0 and r["train/kl"] >= 0  # the KL shapes the rewards, it is not a loss term
+        assert r["loss/kl"] == 0.0  # the KL shapes the rewards, it is not a loss term
+    # step 1 trains the reference's own weights; step 2 a policy that step 1 moved away from it
+    assert records[0]["train/kl"] == pytest.approx(0.0, abs=1e-6) and records[1]["train/kl"] > 1e-6
     assert records[1]["critic/value_mean"] != 0.0  # the value head started at 0 and was trained
     checkpoint = run_dir / "checkpoints" / "step-000002"
     assert (checkpoint / "critic").is_dir() and (checkpoint / "deepspeed").is_dir()
@@ -62,5 +64,7 @@ def test_dapo_with_dynamic_sampling_and_async_rollouts(tmp_path, tiny_model_dir)
     # async: steps 2 and 3 first train on samples generated while the step before trained (one version old)
     assert records[0]["rollout/staleness_mean"] == 0.0 and records[1]["rollout/staleness_mean"] > 0
     assert all(r["rollout/dropped_stale"] == 0 for r in records)
-    assert all(0 < r["train/is_weight"] <= 2.0 for r in records)  # truncated importance weights, cap 2
+    # step 1's samples come from the learner's own weights: every importance weight pi_learner / pi_sampler
+    # is 1 up to float noise, which holds only if vLLM's logprobs line up with the learner's token by token
+    assert records[0]["train/is_weight"] == pytest.approx(1.0, abs=1e-4)
     assert_worker_holds_final_weights(run_dir, 3)

@@ -63,6 +63,13 @@ def test_context_and_batch_rewards(pool_factory):
     assert [s.components["rank_in_group"] for s in scored] == [0.0, 1.0, 0.0, 1.0]
 
 
+def test_a_reward_can_ask_for_the_completion_token_ids(pool_factory):
+    for_tests = str(Path(__file__).parent / "rewards_for_tests.py")
+    pool = pool_factory([{"name": f"{for_tests}:token_share", "token_id": 7}])
+    scored = pool.score(["x", "y"], [task_dict()] * 2, [{"token_ids": [7, 1, 7, 2]}, {"token_ids": [3]}])
+    assert [s.components["token_share"] for s in scored] == [0.5, 0.0]
+
+
 def test_dict_returning_rewards_sum_and_bad_return_types_fail(pool_factory):
     pool = pool_factory([{"name": f"{MISBEHAVING}:parts", "weight": 2.0}, {"name": f"{MISBEHAVING}:wrong_type", "on_error": -1.0}])
     (scored,) = pool.score(["ab12c"], [task_dict()], [{}])
