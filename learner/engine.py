@@ -52,8 +52,24 @@ def init_distributed() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     else:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    forget_destroyed_groups()
     # Ranks other than 0 wait in a broadcast while rank 0 evaluates or waits for workers: allow hours, not minutes.
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=4))
+
+
+def forget_destroyed_groups() -> None:
+    """DeepSpeed caches its process groups at module level. If the default group was destroyed since
+    (vLLM destroys it when an engine in the same process shuts down, as in the test suite), those
+    caches point at a dead group; drop them so that DeepSpeed builds its groups anew."""
+    from deepspeed.comm import comm
+    from deepspeed.utils import groups
+
+    if comm.cdb is None:
+        return
+    comm.cdb = None
+    for name, value in list(vars(groups).items()):
+        if name.startswith("_") and name.endswith(("_GROUP", "_GROUP_RANKS", "_WORLD_SIZE", "_RANK")) and name.isupper():
+            setattr(groups, name, {} if isinstance(value, dict) else None)
 
 
 def warmup_constant_lr_factor(step: int, warmup_steps: int) -> float:
