@@ -39,8 +39,10 @@ import sys
 import time
 from pathlib import Path
 
-from curriculum_plots import plot_accuracy, plot_probabilities
-from curriculum_report import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for bench.support
+
+from bench.support.curriculum_plots import plot_accuracy, plot_probabilities  # noqa: E402
+from bench.support.curriculum_report import (  # noqa: E402
     Budget,
     add_seconds,
     finished_run,
@@ -186,7 +188,9 @@ def main() -> None:
     budget = Budget(steps=args.steps, eval_every=args.eval_every, test_size=args.test_size, mixture=tuple(mixture))
     if not args.report_only:
         run_grid(selected_slots(args.only, seeds), budget, runs_dir, mixture, args.set, args.keep_checkpoints)
-    print(json.dumps(report(runs_dir, budget, mixture, seeds)))
+    figure = report(runs_dir, budget, mixture, seeds)  # UCB's area under the accuracy curve against uniform's
+    print(json.dumps({"metric": figure["metric"], "value": figure["value"], "reference": figure["reference"],
+                      "ratio": figure["ratio"], "unit": figure["unit"]}))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def build_policy_engine(
 ):
     """Return a DeepSpeed engine training the HF causal LM at `model_path`.
 
-    `grad_accum_steps` is the usual number of micro-batches per optimizer step; `grpo_step` sets the
+    `grad_accum_steps` is the usual number of micro-batches per optimizer step; `train_step` sets the
     accumulation boundary itself, so a step with fewer (dropped samples) still updates exactly once.
     `total_steps` only bounds `warmup_steps`: the LR is constant after warmup.
     """

@@ -295,12 +295,3 @@ def _global_sum(value: float, world_size: int) -> float:
 def module_grad_norm(module: torch.nn.Module) -> float:
     grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
-
-
-def grpo_step(
-    engine, samples: list[TrainSample], *, clip_eps: float, kl_coef: float, temperature: float, ref_model=None,
-    layout: Layout = Layout(),
-) -> dict[str, float]:
-    """GRPO with token-mean aggregation and a k3 KL in the loss: `train_step` with those settings."""
-    settings = StepSettings(clip_low=clip_eps, clip_high=clip_eps, kl_coef=kl_coef, temperature=temperature)
-    return train_step(engine, samples, settings, layout, ref_model=ref_model)

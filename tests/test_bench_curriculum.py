@@ -12,7 +12,7 @@ import yaml
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
-import curriculum_report as report  # noqa: E402
+import bench.support.curriculum_report as report  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("bench_curriculum", BENCH / "curriculum.py")
 bench = importlib.util.module_from_spec(spec)

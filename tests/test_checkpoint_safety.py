@@ -18,7 +18,7 @@ from learner.checkpoint import (
 )
 from learner.engine import build_policy_engine, iter_publish_tensors
 from learner.safe_load import UnsafeCheckpointError, safe_checkpoint_loads, safe_torch_load, unsafe_globals
-from learner.step import grpo_step
+from tests.test_learner_engine import grpo_step
 from rl.checkpoint_manifest import MANIFEST_FILE, ManifestError, verify_manifest, write_manifest
 
 

@@ -12,9 +12,18 @@ from learner.engine import (
     warmup_constant_lr_factor,
 )
 from learner.plan import Layout
-from learner.step import grpo_step
+from learner.step import StepSettings, train_step
 
 LR = 1e-3
+
+
+def grpo_step(
+    engine, samples: list[TrainSample], *, clip_eps: float, kl_coef: float, temperature: float, ref_model=None,
+    layout: Layout = Layout(),
+) -> dict[str, float]:
+    """GRPO with token-mean aggregation and a k3 KL in the loss: `train_step` with those settings."""
+    settings = StepSettings(clip_low=clip_eps, clip_high=clip_eps, kl_coef=kl_coef, temperature=temperature)
+    return train_step(engine, samples, settings, layout, ref_model=ref_model)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from curriculum_report import ArmSummary
+from bench.support.curriculum_report import ArmSummary
 
 
 def _pyplot():
