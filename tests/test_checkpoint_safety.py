@@ -18,7 +18,7 @@ from learner.checkpoint import (
 )
 from learner.engine import build_policy_engine, iter_publish_tensors
 from learner.safe_load import UnsafeCheckpointError, safe_checkpoint_loads, safe_torch_load, unsafe_globals
-from tests.test_learner_engine import grpo_step
+from tests.test_learner_engine import grpo_step, two_threads  # noqa: F401  (module-wide: 2 torch threads)
 from rl.checkpoint_manifest import MANIFEST_FILE, ManifestError, verify_manifest, write_manifest
 
 
@@ -30,14 +30,6 @@ class Payload:
 
     def __reduce__(self):
         return exec, (f"open({self.marker!r}, 'w').write('the payload ran')",)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_engine(model_dir, zero_stage):
