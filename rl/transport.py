@@ -9,6 +9,11 @@ ordering guarantees a worker sees weights before the tasks that need them. Hazar
   (rl/replies.py), derived from the run's config: workers send samples, never weights.
 - Zero-copy sends (copy=False) let ZeroMQ read the tensor memory after send() returns; the sender
   waits on the MessageTracker before that memory may change (see `wait_sent`).
+- The learner's main thread leaves the socket alone for a whole update or checkpoint (seconds to
+  minutes), while every worker heartbeats each second. Unread, a connection reaches RCVHWM; ZeroMQ
+  then stops reading it, so the worker's ZMTP pings go unanswered, it drops the connection, and
+  libzmq 4.3.5 aborts the learner (`Assertion failed: !_io_error`, stream_engine_base.cpp:310).
+  So a pump thread reads what arrives whenever the main thread is not using the socket (`Inbox`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 
 import zmq
 
@@ -68,14 +74,16 @@ class LearnerEndpoint:
         self.address = f"tcp://{connect_host}:{port}"
         self.rejected: Counter[str] = Counter()
         self.trackers: list[zmq.MessageTracker] = []
+        self.inbox = Inbox(self.socket, max_bytes=self.limits.receive_hwm * self.limits.max_message_bytes)
 
     def send(self, identity: bytes, message: Message, frames: list = (), track: bool = False) -> None:
         parts = [identity, *encode(message, frames)]
-        if track:
-            tracker = self.socket.send_multipart(parts, copy=False, track=True)
-            self.trackers.append(tracker)
-        else:
-            self.socket.send_multipart(parts, copy=False)
+        with self.inbox.lock:
+            if track:
+                tracker = self.socket.send_multipart(parts, copy=False, track=True)
+                self.trackers.append(tracker)
+            else:
+                self.socket.send_multipart(parts, copy=False)
 
     def wait_sent(self, timeout_s: float = 600.0) -> None:
         """Block until ZeroMQ no longer reads any buffer sent with track=True."""
@@ -94,7 +102,8 @@ class LearnerEndpoint:
 
     def receive(self, timeout_ms: int) -> tuple[bytes, Message, list[memoryview]] | None:
         """Next valid message with its sender, or None on timeout."""
-        received = receive_valid(self.socket, timeout_ms, self.rejected, has_identity=True)
+        with self.inbox.lock:
+            received = receive_valid(self.inbox, timeout_ms, self.rejected, has_identity=True)
         if received is None:
             return None
         identity, message, payload = received
@@ -102,10 +111,66 @@ class LearnerEndpoint:
 
     def has_pending(self) -> bool:
         """Whether a message is waiting to be read."""
-        return bool(self.socket.poll(0))
+        with self.inbox.lock:
+            return bool(self.inbox.poll(0))
 
     def close(self) -> None:
+        self.inbox.stop()
         self.socket.close()
+
+
+class Inbox:
+    """The learner socket's messages, read as they arrive even while the main thread computes.
+
+    A pump thread takes the socket only when the main thread is not using it (`lock`; ZeroMQ allows
+    a socket to move between threads across a full memory barrier) and moves whatever has arrived
+    into a queue, up to `max_bytes` (what ZeroMQ itself would have queued for one connection at
+    RCVHWM). Past that it stops reading and ZeroMQ's high-water mark applies again: a flooding peer
+    still cannot grow the learner's memory. The main thread reads through `poll`/`recv_multipart`,
+    the queue first, so the order of messages is ZeroMQ's.
+    """
+
+    def __init__(self, sock: zmq.Socket, max_bytes: int, interval_s: float = 0.1):
+        self.socket = sock
+        self.max_bytes = max_bytes
+        self.lock = threading.Lock()
+        self.queued: deque[list[zmq.Frame]] = deque()
+        self.queued_bytes = 0
+        self.stopping = threading.Event()
+        self.pump = threading.Thread(target=self._pump, args=(interval_s,), name="learner-inbox", daemon=True)
+        self.pump.start()
+
+    def _pump(self, interval_s: float) -> None:
+        while not self.stopping.wait(interval_s):
+            if self.lock.acquire(blocking=False):
+                try:
+                    self.read_arrived()
+                finally:
+                    self.lock.release()
+
+    def read_arrived(self) -> int:
+        """Move what has arrived into the queue, within `max_bytes`; the caller holds `lock`. Returns the count."""
+        moved = 0
+        while self.queued_bytes < self.max_bytes and not self.stopping.is_set() and self.socket.poll(0):
+            parts = self.socket.recv_multipart(copy=False)
+            self.queued.append(parts)
+            self.queued_bytes += sum(len(p) for p in parts)
+            moved += 1
+        return moved
+
+    def poll(self, timeout_ms: int) -> bool:
+        return bool(self.queued) or bool(self.socket.poll(timeout_ms))
+
+    def recv_multipart(self, copy: bool = False) -> list[zmq.Frame]:
+        if not self.queued:
+            return self.socket.recv_multipart(copy=copy)
+        parts = self.queued.popleft()
+        self.queued_bytes -= sum(len(p) for p in parts)
+        return parts
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.pump.join(timeout=5)
 
 
 class WorkerEndpoint:
