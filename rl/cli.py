@@ -120,15 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
         if args.command == "report":
-            from rl.report import ReportError, write_report
-
-            try:
-                path = write_report(Path(args.run_dir), Path(args.output) if args.output else None)
-            except ReportError as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-            print(f"[rl] report: {path}")
-            return 0
+            return make_report(args.run_dir, args.output)
         if args.command == "rollout":
             from rl.security import SecurityError
             from rollout.worker import main as worker_main
@@ -145,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1
+
+
+def make_report(run_dir: str, output: str | None) -> int:
+    from rl.report import ReportError, write_report
+
+    try:
+        path = write_report(Path(run_dir), Path(output) if output else None)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"[rl] report: {path}")
+    return 0
 
 
 def make_keys(directory: str, overwrite: bool, add_worker: str | None) -> int:

@@ -56,6 +56,10 @@ class ConsoleStream(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
+    @property
+    def encoding(self) -> str:
+        return getattr(self.target, "encoding", None) or "utf-8"  # tqdm draws its bar in ASCII without one
+
 
 _streams: dict[str, ConsoleStream] = {}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from rl.console import END, MARK
 
 ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b|^\[E\d{4} ")  # vLLM, Python logging, DeepSpeed, torch's C++ logs
-EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*)")  # torch prefixes [rankN]:
 SEGMENT = re.compile(rf"([^\r\n{END}]*)([\r\n{END}])")
 
 
@@ -94,7 +94,8 @@ class ProcessLog:
     def last_exception(self) -> str | None:
         """The last 'SomeError: why' line the process wrote (the end of its traceback), if any."""
         with self.lock:
-            return next((line.strip() for line in reversed(self.recent) if EXCEPTION_LINE.match(line.strip())), None)
+            matches = (EXCEPTION_LINE.match(line.strip()) for line in reversed(self.recent))
+            return next((match.group(1) for match in matches if match), None)
 
     def close(self) -> None:
         with self.lock:

@@ -232,19 +232,12 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
     if resume_dir is not None:
         learner_args += ["--resume", "--resume-step", str(resume_step)]  # exactly the checkpoint checked above
     # One rank: a plain process. Several (learner.world_size, or a hostfile): DeepSpeed's own launcher.
-    logs = run_dir / "logs"
     learner = spawn(learner_argv(learner_args), env=child_environment(plan, plan.learner[0]) if plan.learner else None,
-                    log=ProcessLog(logs / "learner.log"), verbose=verbose)
+                    log=ProcessLog(run_dir / "logs" / "learner.log"), verbose=verbose)
     processes = [learner]
     try:
         address = wait_for_address(run_dir / "learner_address", learner)
-        for i, placement in enumerate(plan.workers):
-            command = [sys.executable, "-m", "rollout.main", "--connect", address, "--name", f"local-{i}"]
-            if config.transport.curve_keys:
-                command += ["--keys", str(Path(config.transport.curve_keys).expanduser().resolve())]
-            cores = list(placement.cores) if placement.cores else None
-            processes.append(spawn(command, cores, env=child_environment(plan, placement, lock_dir=run_dir),
-                                   log=ProcessLog(logs / f"worker-{i}.log"), verbose=verbose))
+        processes += start_local_workers(config, plan, address, run_dir, verbose)
         return supervise(learner, processes)
     except KeyboardInterrupt:
         CONSOLE.line("\n[rl] interrupted: the learner saves a checkpoint, then everything stops")
@@ -256,6 +249,18 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
         stop(processes)
         finish_output(processes)
         write_report(run_dir)
+
+
+def start_local_workers(config: Config, plan: Plan, address: str, run_dir: Path, verbose: bool) -> list[subprocess.Popen]:
+    workers = []
+    for i, placement in enumerate(plan.workers):
+        command = [sys.executable, "-m", "rollout.main", "--connect", address, "--name", f"local-{i}"]
+        if config.transport.curve_keys:
+            command += ["--keys", str(Path(config.transport.curve_keys).expanduser().resolve())]
+        cores = list(placement.cores) if placement.cores else None
+        workers.append(spawn(command, cores, env=child_environment(plan, placement, lock_dir=run_dir),
+                             log=ProcessLog(run_dir / "logs" / f"worker-{i}.log"), verbose=verbose))
+    return workers
 
 
 def prompt_counter(model_path: Path):

@@ -68,7 +68,7 @@ def svg_figure(lines: dict[str, tuple[list, list]], title: str, ylabel: str = ""
             ax.legend(fontsize=7)
         fig.tight_layout()
         buffer = io.StringIO()
-        fig.savefig(buffer, format="svg")
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
         plt.close(fig)
     text = buffer.getvalue()
     text = text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML

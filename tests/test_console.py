@@ -81,7 +81,7 @@ def test_verbose_shows_everything_and_logs_it(tmp_path):
 
 def test_a_crash_summary_is_the_last_exception_line(tmp_path):
     log = ProcessLog(tmp_path / "learner.log")
-    for line in ("Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "safetensors_rust.SafetensorError: bad header", ""):
+    for line in ("Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "[rank0]: safetensors_rust.SafetensorError: bad header", ""):
         log.write(line, "\n")
     assert log.last_exception() == "safetensors_rust.SafetensorError: bad header"
 
