@@ -29,6 +29,8 @@ def console_run(tmp_path_factory, tiny_model_dir):
     config = write_config(tmp_path, tiny_model_dir, eval_every=1)
     result = subprocess.run([sys.executable, "-m", "rl.cli", "train", str(config), "logging.progress=true"], cwd=REPO,
                             timeout=600, capture_output=True, text=True)
+    (tmp_path / "console-stdout.txt").write_text(result.stdout)  # to read when a check fails
+    (tmp_path / "console-stderr.txt").write_text(result.stderr)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result, run_dir_of(tmp_path)
 

@@ -77,3 +77,17 @@ def test_the_command_writes_the_file_and_refuses_a_folder_that_is_no_run(tmp_pat
 def test_the_shown_steps_spread_over_the_run():
     assert spread_steps([1, 2, 3]) == [1, 2, 3]
     assert spread_steps(list(range(1, 101))) == [1, 34, 67, 100]
+
+
+def test_chromium_renders_the_page_and_runs_none_of_the_model_output(tmp_path):
+    from tests.browser import dump_dom
+
+    run = write_run(tmp_path / "run")
+    done = subprocess.run([sys.executable, "-m", "rl.cli", "report", str(run)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    dom = dump_dom(run / "report.html", tmp_path / "profile")
+    assert "<title>rl report: run</title>" in dom and "pwned" not in dom.split("</title>")[0]  # the script in a completion never ran
+    assert "<script" not in dom and "<img" not in dom
+    assert dom.count('<tr class="sample">') == 16
+    for fig_id in REQUIRED:
+        assert "<svg" in figure_of(dom, fig_id), fig_id
