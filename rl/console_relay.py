@@ -117,7 +117,10 @@ class Relay(threading.Thread):
         pending = ""
         fd = self.pipe.fileno()
         while chunk := os.read(fd, 65536):
-            pending = self.consume(pending + decoder.decode(chunk))
+            try:
+                pending = self.consume(pending + decoder.decode(chunk))
+            except (OSError, ValueError):  # a closed console or a full disk: keep draining, or the child blocks
+                pending = ""
         pending += decoder.decode(b"", final=True)
         if pending:
             self.segment(pending, "\n")
