@@ -48,6 +48,7 @@ def marked(text: str) -> str:
 @pytest.mark.parametrize("paced", [True, False])
 def test_marked_lines_reach_the_console_and_library_lines_only_the_log(tmp_path, paced):
     events, log = relay(paced=paced, tmp_path=tmp_path, chunks=[marked("[rl] ours\n"), "INFO 12-01 [loader.py:1] vLLM says hi\n", "FutureWarning: reduce_op\n",
+                         "(MainProcess pid=7) WARNING 12-01 [cpu.py:224] Triton is not installed.\n",
                          marked("a table\n\n  second row\n")])
     assert events == [("line", "[rl] ours"), ("line", "a table"), ("line", ""), ("line", "  second row")]
     assert "vLLM says hi" in log and "FutureWarning" in log
