@@ -12,6 +12,7 @@ from pathlib import Path
 from envs.source import TaskSource
 from learner.lead_run import LeadRun
 from rl.config import Config
+from rl.console import say
 from rl.coordinator import Coordinator
 from rl.evaluation import (
     comparison_table,
@@ -48,7 +49,7 @@ def evaluate_during(rank0: LeadRun, step: int) -> dict[str, float]:
         return {}
     result = evaluate(rank0.coordinator, rank0.source, config, rank0.progress.version,
                       rank0.run_dir / "eval" / f"step-{step:06d}.json")
-    print(evaluation_table(result, f"held-out evaluation at step {step}"), flush=True)
+    say(evaluation_table(result, f"held-out evaluation at step {step}"))
     return flat_metrics(result)
 
 
@@ -59,7 +60,7 @@ def evaluate_after(rank0: LeadRun, before: dict | None) -> None:
     if config.eval.after:
         after = evaluate(rank0.coordinator, rank0.source, config, rank0.progress.version, rank0.run_dir / "eval_after.json")
     if after:
-        print(evaluation_table(after, "held-out evaluation after training"), flush=True)
+        say(evaluation_table(after, "held-out evaluation after training"))
         rank0.monitor.summary(flat_metrics(after, "eval/after"))
     if before or after:
-        print(comparison_table(before, after), flush=True)
+        say(comparison_table(before, after))

@@ -32,6 +32,7 @@ from learner.step_metrics import finished_step_metrics, step_record
 from learner.stop import StopRequested, StopSignals
 from learner.trainer import Trainer, build_trainer
 from rl.config import load_config
+from rl.console import say
 from rl.coordinator import NoWorkersLeft, SyncStats
 
 
@@ -57,7 +58,7 @@ def run(run_dir: Path, model_path: str, resume: bool = False, resume_step: int |
         checkpoint = find_checkpoint(run_dir, resume_step)
         state = load_checkpoint(trainer.engine, checkpoint, trainer.critic)  # collective: every rank restores its part
         if main:
-            print(f"[rl] resumed from {checkpoint} (step {state['step']}, policy version {state['policy_version']})", flush=True)
+            say(f"[rl] resumed from {checkpoint} (step {state['step']}, policy version {state['policy_version']})")
     if not main:
         return follow(trainer, run_dir, model_path)
     return lead(trainer, ranks, stop, run_dir, model_path, state)
@@ -138,7 +139,7 @@ def train(rank0: LeadRun, step: int, batch: StepBatch) -> dict[str, float] | Non
     rank0.ranks.send_samples(batch.samples)
     train_metrics = rank0.trainer.train(batch.samples, step)
     if train_metrics is None:  # every group was dropped or filtered: nothing to learn from, the policy stays as it is
-        print(f"[rl] step {step}: no trainable samples (all groups dropped or filtered); no update", flush=True)
+        say(f"[rl] step {step}: no trainable samples (all groups dropped or filtered); no update")
     return train_metrics
 
 
@@ -169,7 +170,7 @@ def record(rank0: LeadRun, step: int, batch: StepBatch, train_metrics: dict[str,
 
 def report_worker_events(rank0: LeadRun, step: int) -> None:
     for event in rank0.coordinator.drain_events():
-        print(f"[rl] step {step}: {event}; its prompts went to the other workers", flush=True)
+        say(f"[rl] step {step}: {event}; its prompts went to the other workers")
 
 
 def log_step(rank0: LeadRun, step: int, metrics: dict[str, float]) -> None:
@@ -204,7 +205,7 @@ def finish(rank0: LeadRun) -> int:
     rank0.stop.critical = True
     rank0.ranks.tell(FINISH)
     final_dir = rank0.trainer.save_final(rank0.run_dir, rank0.model_path)
-    print(f"[rl] saved the trained policy to {final_dir}", flush=True)
+    say(f"[rl] saved the trained policy to {final_dir}")
     return 0
 
 
@@ -214,9 +215,9 @@ def stop_early(rank0: LeadRun, code: int, reason: str, saved: str) -> int:
     progress = rank0.progress
     if progress.unlogged is not None:  # the step finished (and is in the checkpoint) but its metrics line was not written yet
         rank0.monitor.log(*progress.unlogged)
-    print(reason, flush=True)
+    say(reason)
     if progress.last_step > 0:
         save_checkpoint_of(rank0, progress.last_step)
-        print(saved, flush=True)
+        say(saved)
     rank0.ranks.tell(STOP, code)
     return code

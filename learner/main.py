@@ -1,12 +1,12 @@
 """`python -m learner.main --run-dir RUN --model-path PATH`: the learner process (started by `rl train`)."""
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from learner.checkpoint import CheckpointError
 from learner.loop import run
+from rl.console import say, setup_logging
 
 
 def main() -> None:
@@ -16,11 +16,11 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN/checkpoints")
     parser.add_argument("--resume-step", type=int, default=None, help="with --resume: the checkpoint of this step")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    setup_logging()
     try:
         code = run(args.run_dir, args.model_path, resume=args.resume, resume_step=args.resume_step)
     except CheckpointError as err:  # `rl train --resume` checks first; this is a checkpoint changed since then
-        print(f"[rl] error: {err}", file=sys.stderr, flush=True)
+        say(f"[rl] error: {err}", err=True)
         code = 2
     sys.exit(code)
 

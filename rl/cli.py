@@ -1,4 +1,4 @@
-"""The `rl` command: `rl train`, `rl eval`, `rl rollout`, `rl keys`, `rl config show`."""
+"""The `rl` command: `rl train`, `rl eval`, `rl report`, `rl rollout`, `rl keys`, `rl config show`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="with --resume: continue from the checkpoint of step K instead of the newest (later ones are set aside)")
     train.add_argument("--plan", action="store_true",
                        help="print which process runs where (devices, memory, dtypes, backends) and exit without starting anything")
+    train.add_argument("-v", "--verbose", action="store_true",
+                       help="show every line of every process (vLLM, DeepSpeed, ...) on the console, not only in RUN/logs/")
 
     export = commands.add_parser("export", help="write a Hugging Face folder from a run's checkpoint")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -35,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("rest", nargs="*", metavar="[CONFIG] [key=value ...]",
                           help="the config whose held-out sets to use (default: the run's own) and dotted overrides, e.g. eval.samples=4 eval.temperature=0.6")
     evaluate.add_argument("--output", default=None, help="JSON results file (default: RUN/eval-TIME.json, or OUTPUT_DIR/eval-MODEL-TIME.json)")
+
+    report = commands.add_parser("report", help="write a self-contained HTML report of a run (finished, stopped or running)")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--output", default=None, help="the HTML file (default: RUN_DIR/report.html)")
 
     rollout = commands.add_parser("rollout", help="start one more rollout worker that joins a running learner")
     rollout.add_argument("--connect", required=True, help="the learner's address, tcp://HOST:PORT (printed in RUN/learner_address)")
@@ -82,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                     if not (run_dir / "config.yaml").is_file():
                         raise ConfigError(f"{run_dir} is not a run folder (it has no config.yaml)")
                     return run_train(load_config(run_dir / "config.yaml", args.rest), resume_dir=run_dir, plan_only=args.plan,
-                                     resume_step=args.step)
+                                     resume_step=args.step, verbose=args.verbose)
                 if not args.rest or "=" in args.rest[0]:
                     raise ConfigError("give a config file: rl train CONFIG [key=value ...] (or rl train --resume RUN_DIR)")
-                return run_train(load_config(args.rest[0], args.rest[1:]), plan_only=args.plan)
+                return run_train(load_config(args.rest[0], args.rest[1:]), plan_only=args.plan, verbose=args.verbose)
             except (ModelError, RewardConfigError, SourceError, CheckpointError, PlanError) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             except (ModelError, RewardConfigError, SourceError, EvalTargetError) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
+        if args.command == "report":
+            return make_report(args.run_dir, args.output)
         if args.command == "rollout":
             from rl.security import SecurityError
             from rollout.worker import main as worker_main
@@ -129,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1
+
+
+def make_report(run_dir: str, output: str | None) -> int:
+    from rl.report import ReportError, write_report
+
+    try:
+        path = write_report(Path(run_dir), Path(output) if output else None)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"[rl] report: {path}")
+    return 0
 
 
 def make_keys(directory: str, overwrite: bool, add_worker: str | None) -> int:

@@ -3,6 +3,10 @@
 The run ends cleanly on success, on Ctrl-C and when any process dies: every child runs in its own
 process group (so vLLM's or DeepSpeed's own children go with it) and asks the kernel to signal it
 if this launcher dies (PR_SET_PDEATHSIG), so no process outlives the run.
+
+Each child's output goes to RUN/logs/learner.log or RUN/logs/worker-N.log; the console shows only
+our own lines, the progress bar, the tables and errors (rl/console.py, rl/console_relay.py), or
+everything with `rl train -v`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 
 from envs.source import TASKS_FILE, build_task_source, check_prompts_fit, check_run_inputs, save_splits
 from rl.config import Config, to_yaml
+from rl.console import LOG_FILE_ENV, RL_CONSOLE_ENV
+from rl.console_relay import CONSOLE, ProcessLog, relay_output
 from rl.devices import FAKE_ENV, detect_machine
 from rl.models import resolve_model
 from rl.placement import VISIBLE_ENV, Plan, PlanError, child_environment, make_plan
@@ -44,17 +50,45 @@ def child_env(changes: dict[str, str | None] | None = None) -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM logs every weight load at INFO
+    env.setdefault("VLLM_LOGGING_LEVEL", "INFO")  # its INFO lines go to the log file, not the console
     return env
 
 
-def spawn(args: list[str], cores: list[int] | None = None, env: dict[str, str | None] | None = None) -> subprocess.Popen:
+def spawn(args: list[str], cores: list[int] | None = None, env: dict[str, str | None] | None = None,
+          log: ProcessLog | None = None, verbose: bool = False) -> subprocess.Popen:
+    """Start a child; with `log`, its stdout and stderr go to that file and, filtered (all with `verbose`), to the console."""
     def prepare_child() -> None:
         set_parent_death_signal()
         if cores:
             os.sched_setaffinity(0, cores)
 
-    return subprocess.Popen(args, env=child_env(env), start_new_session=True, preexec_fn=prepare_child)
+    if log is None:
+        return subprocess.Popen(args, env=child_env(env), start_new_session=True, preexec_fn=prepare_child)
+    env = {**(env or {}), RL_CONSOLE_ENV: None if verbose else "1", LOG_FILE_ENV: str(log.path)}
+    proc = subprocess.Popen(args, env=child_env(env), start_new_session=True, preexec_fn=prepare_child,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.log, proc.relays = log, relay_output(proc, log, verbose)
+    return proc
+
+
+def finish_output(processes: list[subprocess.Popen]) -> None:
+    """Wait for the last lines of the (stopped) children to reach their logs and the console."""
+    for proc in processes:
+        for relay in getattr(proc, "relays", ()):
+            relay.join(timeout=10)
+        if getattr(proc, "log", None) is not None:
+            proc.log.close()
+
+
+def exit_summary(proc: subprocess.Popen) -> str:
+    """'(ValueError: why; the traceback is in RUN/logs/learner.log)', or '' for a child without a log."""
+    log = getattr(proc, "log", None)
+    if log is None:
+        return ""
+    for relay in proc.relays:
+        relay.join(timeout=5)  # the traceback's last lines may still be in the pipe
+    error = log.last_exception()
+    return f" ({error}; the traceback is in {log.path})" if error else f" (its log: {log.path})"
 
 
 def worker_cores(index: int, count: int, config: Config) -> list[int] | None:
@@ -143,9 +177,10 @@ def plan_run(config: Config) -> Plan:
     return make_plan(machine, config, ranks, cores)
 
 
-def train(config: Config, resume_dir: Path | None = None, plan_only: bool = False, resume_step: int | None = None) -> int:
+def train(config: Config, resume_dir: Path | None = None, plan_only: bool = False, resume_step: int | None = None,
+          verbose: bool = False) -> int:
     """Start a run (or continue `resume_dir` from its newest checkpoint, or that of `resume_step`) and supervise it;
-    `plan_only`: print the plan."""
+    `plan_only`: print the plan; `verbose`: every library line on the console too."""
     # Installed explicitly: a launcher started in the background inherits SIGINT as ignored, and
     # SIGTERM (from a scheduler or `kill`) deserves the same orderly stop as Ctrl-C.
     signal.signal(signal.SIGINT, interrupt)
@@ -197,25 +232,35 @@ def train(config: Config, resume_dir: Path | None = None, plan_only: bool = Fals
     if resume_dir is not None:
         learner_args += ["--resume", "--resume-step", str(resume_step)]  # exactly the checkpoint checked above
     # One rank: a plain process. Several (learner.world_size, or a hostfile): DeepSpeed's own launcher.
-    learner = spawn(learner_argv(learner_args), env=child_environment(plan, plan.learner[0]) if plan.learner else None)
+    learner = spawn(learner_argv(learner_args), env=child_environment(plan, plan.learner[0]) if plan.learner else None,
+                    log=ProcessLog(run_dir / "logs" / "learner.log"), verbose=verbose)
     processes = [learner]
     try:
         address = wait_for_address(run_dir / "learner_address", learner)
-        for i, placement in enumerate(plan.workers):
-            command = [sys.executable, "-m", "rollout.main", "--connect", address, "--name", f"local-{i}"]
-            if config.transport.curve_keys:
-                command += ["--keys", str(Path(config.transport.curve_keys).expanduser().resolve())]
-            cores = list(placement.cores) if placement.cores else None
-            processes.append(spawn(command, cores, env=child_environment(plan, placement, lock_dir=run_dir)))
+        processes += start_local_workers(config, plan, address, run_dir, verbose)
         return supervise(learner, processes)
     except KeyboardInterrupt:
-        print("\n[rl] interrupted: the learner saves a checkpoint, then everything stops", flush=True)
+        CONSOLE.line("\n[rl] interrupted: the learner saves a checkpoint, then everything stops")
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the checkpoint short
         stop([learner], grace_s=LEARNER_CHECKPOINT_GRACE_S)
         stop(processes)
         return 130
     finally:
         stop(processes)
+        finish_output(processes)
+        write_report(run_dir)
+
+
+def start_local_workers(config: Config, plan: Plan, address: str, run_dir: Path, verbose: bool) -> list[subprocess.Popen]:
+    workers = []
+    for i, placement in enumerate(plan.workers):
+        command = [sys.executable, "-m", "rollout.main", "--connect", address, "--name", f"local-{i}"]
+        if config.transport.curve_keys:
+            command += ["--keys", str(Path(config.transport.curve_keys).expanduser().resolve())]
+        cores = list(placement.cores) if placement.cores else None
+        workers.append(spawn(command, cores, env=child_environment(plan, placement, lock_dir=run_dir),
+                             log=ProcessLog(run_dir / "logs" / f"worker-{i}.log"), verbose=verbose))
+    return workers
 
 
 def prompt_counter(model_path: Path):
@@ -232,7 +277,7 @@ def wait_for_address(path: Path, learner: subprocess.Popen, timeout_s: float = 9
     deadline = time.monotonic() + timeout_s
     while not path.is_file():
         if learner.poll() is not None:
-            raise SystemExit(f"[rl] the learner exited with code {learner.returncode} during start-up (see its log above)")
+            raise SystemExit(f"[rl] the learner exited with code {learner.returncode} during start-up{exit_summary(learner)}")
         if time.monotonic() > deadline:
             raise SystemExit(f"[rl] the learner did not start listening within {timeout_s:.0f} s")
         time.sleep(0.2)
@@ -246,7 +291,7 @@ def supervise(learner: subprocess.Popen, processes: list[subprocess.Popen]) -> i
     while True:
         if learner.poll() is not None:
             if learner.returncode != 0:
-                print(f"[rl] the learner exited with code {learner.returncode}; stopping the workers", flush=True)
+                CONSOLE.line(f"[rl] the learner exited with code {learner.returncode}{exit_summary(learner)}; stopping the workers")
                 return learner.returncode
             workers = [p for p in processes if p is not learner]
             deadline = time.monotonic() + 60
@@ -256,6 +301,20 @@ def supervise(learner: subprocess.Popen, processes: list[subprocess.Popen]) -> i
         for index, proc in enumerate(processes[1:]):
             if proc.poll() is not None and proc.returncode != 0 and proc.pid not in reported:
                 reported.add(proc.pid)
-                print(f"[rl] rollout worker local-{index} (pid {proc.pid}) exited with code {proc.returncode}; "
-                      "the learner goes on with the others", flush=True)
+                CONSOLE.line(f"[rl] rollout worker local-{index} (pid {proc.pid}) exited with code {proc.returncode}"
+                             f"{exit_summary(proc)}; the learner goes on with the others")
         time.sleep(0.5)
+
+
+def write_report(run_dir: Path) -> None:
+    """RUN/report.html at the end of every run that got going, finished or stopped (rl/report.py)."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return
+    from rl.report import write_report as write_html
+
+    try:
+        path = write_html(run_dir)
+    except Exception as err:  # the run's own result matters more than its report
+        CONSOLE.line(f"[rl] could not write the report ({type(err).__name__}: {err}); try: rl report {run_dir}")
+        return
+    CONSOLE.line(f"[rl] report: {path} (open it in a browser; refresh any time with: rl report {run_dir})")

@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rl.config import Config
+from rl.console import console, say
 
 
 class Monitor:
@@ -38,7 +39,7 @@ class Monitor:
         if self.wandb_run is not None:
             replay(self.wandb_run, self.history)
         self.progress = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
-                             disable=not config.logging.progress, dynamic_ncols=True)
+                             disable=not config.logging.progress, dynamic_ncols=True, file=console(err=True))
 
     @property
     def wandb_id(self) -> str | None:
@@ -72,7 +73,7 @@ class Monitor:
             run_path = Path(self.wandb_run.dir).parent
             self.wandb_run.finish()
             if offline:
-                print(f"[rl] W&B ran offline; upload with: wandb sync {run_path}", flush=True)
+                say(f"[rl] W&B ran offline; upload with: wandb sync {run_path}")
 
 
 def truncate_after(path: Path, last_step: int) -> None:

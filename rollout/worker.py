@@ -233,7 +233,9 @@ def hf_parameter_shapes(model_dir: Path) -> dict[str, list[int]]:
 def main(address: str, name: str | None = None, curve_keys: str | None = None) -> None:
     import signal
 
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    from rl.console import setup_logging
+
+    setup_logging()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     for key in DISTRIBUTED_ENV:  # a worker is never a learner rank; vLLM must not join a group it sees there
         os.environ.pop(key, None)  # SIGTERM leaves like Ctrl-C: with a goodbye

@@ -1,6 +1,7 @@
 """The real loop on a tiny model: `rl train` -> learner (DeepSpeed) + vLLM workers over ZeroMQ."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -209,6 +210,7 @@ def test_ctrl_c_leaves_a_loadable_checkpoint_and_no_processes(tmp_path, tiny_mod
     assert train.returncode == 130, output[-3000:]
     assert "interrupted" in output and "rl train --resume" in output, output[-3000:]
     assert_no_process_mentions(str(run_dir))
+    assert re.search(r"stopped or still running: [1-9]\d* of 500 steps so far", (run_dir / "report.html").read_text())  # after a stop too
     (checkpoint,) = (run_dir / "checkpoints").iterdir()
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["step"] == state["policy_version"] >= 1

@@ -61,9 +61,9 @@ def test_the_launcher_hands_each_child_its_part_of_a_fake_gpu_plan(tmp_path, mon
     out.mkdir()
     real_spawn = launcher.spawn
 
-    def recording_spawn(args, cores=None, env=None):
+    def recording_spawn(args, cores=None, env=None, **output):
         role = "learner" if "learner.main" in args else args[args.index("--name") + 1]
-        return real_spawn([sys.executable, "-c", RECORD, str(out), role, json.dumps(args)], cores, env)
+        return real_spawn([sys.executable, "-c", RECORD, str(out), role, json.dumps(args)], cores, env, **output)
 
     monkeypatch.setattr(launcher, "spawn", recording_spawn)
     config = load_config("configs/quickstart.yaml", [f"model={tiny_model_dir}", f"run.output_dir={tmp_path / 'runs'}",
