@@ -25,6 +25,7 @@ from typing import Any
 from envs.prompts import PromptStyle
 from rl.config import Config, EnvConfig, RewardComponent
 from rl.curriculum import Curriculum, UniformCurriculum, make_curriculum
+from rl.label_free import without_answer
 from rl.wire import Task
 
 log = logging.getLogger("envs")
@@ -48,13 +49,18 @@ class ResolvedSource:
     style: PromptStyle
     reward_set: str
     rewards: list[dict[str, Any]]
+    eval_reward_set: str  # the set held-out tasks are scored with; the training set's name when they are the same
+    eval_rewards: list[dict[str, Any]]
+    label_free: bool  # training tasks lose their answer (rl/label_free.py)
 
     @property
     def label(self) -> str:
         return f"env.sources.{self.index} ({self.config.type})"
 
 
-def resolve_sources(env: EnvConfig, rewards: list[RewardComponent] | None) -> list[ResolvedSource]:
+def resolve_sources(
+    env: EnvConfig, rewards: list[RewardComponent] | None, eval_rewards: list[RewardComponent] | None = None,
+) -> list[ResolvedSource]:
     resolved = []
     for index, source in enumerate(env.sources):
         module = importlib.import_module(FILE_MODULE if source.type == "file" else GENERATORS[source.type])
@@ -62,10 +68,22 @@ def resolve_sources(env: EnvConfig, rewards: list[RewardComponent] | None) -> li
         instruction = first_set(source.instruction, env.instruction, getattr(module, "DEFAULT_INSTRUCTION", ""))
         components = source.rewards if source.rewards is not None else rewards
         specs = [c.model_dump(exclude_none=True) for c in components] if components is not None else list(module.DEFAULT_REWARDS)
-        resolved.append(
-            ResolvedSource(index, source, module, PromptStyle(system_prompt or None, instruction), f"{index}:{source.type}", specs)
-        )
+        eval_specs = evaluation_specs(specs, eval_rewards, module, env.label_free)
+        name = f"{index}:{source.type}"
+        resolved.append(ResolvedSource(
+            index, source, module, PromptStyle(system_prompt or None, instruction), name, specs,
+            name if eval_specs == specs else f"{name}:eval", eval_specs, env.label_free,
+        ))
     return resolved
+
+
+def evaluation_specs(training: list[dict[str, Any]], eval_rewards: list[RewardComponent] | None, module: ModuleType,
+                     label_free: bool) -> list[dict[str, Any]]:
+    """What held-out tasks are scored with: eval.rewards, else the training rewards, which under
+    env.label_free judge no correctness, so then the source's default rewards (they do)."""
+    if eval_rewards is not None:
+        return [c.model_dump(exclude_none=True) for c in eval_rewards]
+    return list(module.DEFAULT_REWARDS) if label_free else training
 
 
 def first_set(*values):
@@ -73,13 +91,18 @@ def first_set(*values):
 
 
 def reward_sets(config: Config) -> dict[str, list[dict[str, Any]]]:
-    """Reward-set name -> component specs, one set per source; tasks carry their set's name."""
-    return {s.reward_set: s.rewards for s in resolve_sources(config.env, config.rewards)}
+    """Reward-set name -> component specs, one set per source (two where held-out tasks are scored
+    differently: NAME and NAME:eval); tasks carry their set's name."""
+    sets = {}
+    for s in resolve_sources(config.env, config.rewards, config.eval.rewards):
+        sets[s.reward_set] = s.rewards
+        sets[s.eval_reward_set] = s.eval_rewards
+    return sets
 
 
 def check_sources(config: Config) -> None:
     """Cheap start-up checks before any process starts: distribution names parse, files exist and read."""
-    for source in resolve_sources(config.env, config.rewards):
+    for source in resolve_sources(config.env, config.rewards, config.eval.rewards):
         try:
             if source.config.type == "file":
                 source.module.check_source(source.config)
@@ -96,7 +119,8 @@ def check_run_inputs(config: Config) -> None:
     from rewards.registry import build_reward
 
     check_sources(config)
-    for source in resolve_sources(config.env, config.rewards):
+    for source in resolve_sources(config.env, config.rewards, config.eval.rewards):
+        build_reward(source.eval_rewards, config.reward_modules)
         reward = build_reward(source.rewards, config.reward_modules)
         if config.curriculum_signal() == "correctness" and not any(c.defines_accuracy for c in reward.components):
             raise SourceError(f"{source.label}: curriculum.ucb.signal=correctness needs a correctness component in its "
@@ -133,7 +157,8 @@ def check_prompts_fit(source: TaskSource, lengths: Callable[[list[Task]], list[i
 
 
 def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
-    """(train, test) task lists per distribution of one source, tagged with its reward set."""
+    """(train, test) task lists per distribution of one source, tagged with their reward sets; under
+    env.label_free the training tasks lose their answers here, before anything else holds them."""
     config = source.config
     train_size = config.train_size or env.train_size
     test_size = config.test_size or env.test_size
@@ -150,9 +175,14 @@ def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tu
                 train[name], test[name] = source.module.build_splits(name, train_size, test_size, seed, source.style, few_shot)
     except ValueError as err:
         raise SourceError(f"{source.label}: {err}") from err
-    for tasks in (*train.values(), *test.values()):
+    if source.label_free:
+        train = {name: [without_answer(task) for task in tasks] for name, tasks in train.items()}
+    for tasks in train.values():
         for task in tasks:
             task.reward_set = source.reward_set
+    for tasks in test.values():
+        for task in tasks:
+            task.reward_set = source.eval_reward_set
     return train, test
 
 
@@ -191,7 +221,7 @@ class TaskSource:
         splits: tuple[dict[str, list[Task]], dict[str, list[Task]]] | None = None,
     ):
         """`splits`: (train, test) as built before (`save_splits`), instead of building them again."""
-        self.sources = resolve_sources(config.env, config.rewards)
+        self.sources = resolve_sources(config.env, config.rewards, config.eval.rewards)
         self.train, self.test = splits if splits is not None else build_all_splits(self.sources, config)
         self.distributions = list(self.train)
         self.curriculum = curriculum_factory(self.distributions)
