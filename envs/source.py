@@ -5,6 +5,9 @@ distribution of each source is one arm of the curriculum. Each source also names
 and the reward set its tasks use: its own setting, else the run-wide one (`env.system_prompt`,
 `env.instruction`, top-level `rewards`), else the generator's default (a K&K puzzle is scored by
 `knights_knaves` + `format`, a countdown task by `countdown` + `format`, and so on).
+Held-out tasks are scored by the same set unless `eval.rewards` is set or the run is label-free
+(`env.label_free`: training tasks lose their answers, held-out ones keep them and are scored by
+the source's default, correctness-judging set); such a second set is named NAME:eval.
 
 Inside a distribution, tasks are drawn without replacement and reshuffled when exhausted, so an
 epoch covers the data. Which distribution comes next is the curriculum's decision.
