@@ -28,7 +28,7 @@ from typing import Any
 from envs.prompts import PromptStyle
 from rl.config import Config, EnvConfig, RewardComponent
 from rl.curriculum import Curriculum, UniformCurriculum, make_curriculum
-from rl.label_free import without_answer
+from rl.label_free import solved_in_its_own_prompt, without_answer
 from rl.wire import Task
 
 log = logging.getLogger("envs")
@@ -174,12 +174,13 @@ def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tu
                 log.warning("%s", warning)
         else:
             few_shot = getattr(config, "few_shot", 0)
+            think = {"few_shot_think": True} if getattr(config, "few_shot_think", False) else {}  # arithmetic only
             for name in config.distributions:
-                train[name], test[name] = source.module.build_splits(name, train_size, test_size, seed, source.style, few_shot)
+                train[name], test[name] = source.module.build_splits(name, train_size, test_size, seed, source.style, few_shot, **think)
     except ValueError as err:
         raise SourceError(f"{source.label}: {err}") from err
     if source.label_free:
-        train = {name: [without_answer(task) for task in tasks] for name, tasks in train.items()}
+        train = {name: [without_answer(t) for t in tasks if not solved_in_its_own_prompt(t)] for name, tasks in train.items()}
     for tasks in train.values():
         for task in tasks:
             task.reward_set = source.reward_set

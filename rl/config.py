@@ -99,6 +99,10 @@ class ArithmeticSource(SourceBase):
         description="<op>_<digits>d with op add/sub/mul, e.g. add_1d, add_2d, sub_2d, mul_1d.",
     )
     few_shot: int = Field(0, ge=0, le=8, description="Solved training problems shown as chat turns before each question.")
+    few_shot_think: bool = Field(
+        False, description="The solved examples reason in <think>...</think> before the boxed answer (the format a "
+        "label-free run's format rewards ask for)."
+    )
 
 
 class KnightsKnavesSource(SourceBase):

@@ -3,7 +3,9 @@
 Training tasks are built as usual, then stripped before anything else sees them
 (`envs.source.build_source_splits`): `answer` becomes "" and `metadata` is emptied, because
 metadata can carry the answer too (a Knights and Knaves or file task's solution, a countdown
-witness, an arithmetic task's operands). Held-out tasks keep both and are scored by the source's
+witness, an arithmetic task's operands). Few-shot examples stay in the prompts: they are fixed
+demonstrations of the format, with their answers, the same for every task; the few training
+tasks that are those examples are dropped, since their prompt would show their own answer. Held-out tasks keep both and are scored by the source's
 evaluation reward set (`eval.rewards`, default the source's own correctness rewards).
 
 The config check here refuses, at load time, a label-free run whose training rewards read the
@@ -51,6 +53,13 @@ def label_free_problem(config: Any) -> str | None:
                 return (f"env.label_free: reward {component.name!r} in `{where}` {why}, but label-free training tasks carry "
                         f"no answer; train with {SUGGESTED} and leave correctness to evaluation (eval.rewards)")
     return None
+
+
+def solved_in_its_own_prompt(task) -> bool:
+    """The task's question is one of the solved examples before it (few-shot examples are drawn from
+    the training problems), so its prompt shows its answer; label-free training leaves such tasks out."""
+    question = task.messages[-1].content
+    return any(m.role == "user" and m.content == question for m in task.messages[:-1])
 
 
 def without_answer(task):

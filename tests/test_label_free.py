@@ -66,6 +66,8 @@ def test_training_tasks_lose_answer_and_metadata_held_out_tasks_keep_them_and_th
     source = TaskSource(config)
     train = source.train["add_1d"]
     assert train and all(t.answer == "" and t.metadata == {} for t in train)
+    # the one training problem shown solved as the few-shot example is not trained on (its prompt shows its answer)
+    assert len(train) == 20 - 1 and all(t.messages[-1].content != t.messages[0].content for t in train)
     assert all(t.answer and t.metadata["op"] == "add" for t in source.test["add_1d"])
     sets = reward_sets(config)
     assert sets["0:arithmetic"] == [{"name": "format_length", "weight": 1.0, "on_error": 0.0}]
@@ -103,3 +105,19 @@ def test_the_tasks_messages_workers_receive_carry_no_answer_in_training_and_the_
     expected = {f"add_1d/test/{i}": str(t.metadata["a"] + t.metadata["b"]) for i, t in enumerate(source.test["add_1d"])}
     assert len(held_out) == 4 and {t.task_id: t.answer for t in held_out} == expected
     assert {t.reward_set for t in held_out} == {"0:arithmetic:eval"}
+
+
+def test_the_label_free_config_shows_the_format_its_reward_asks_for():
+    from rewards.surrogate import surrogate_format
+    from rl.config import load_config
+    from tests.test_e2e import REPO
+
+    config = load_config(REPO / "configs" / "label_free.yaml", ["env.train_size=20", "env.test_size=4"])
+    check_run_inputs(config)
+    source = TaskSource(config)
+    task = source.train["add_2d"][0]
+    demos = [m.content for m in task.messages if m.role == "assistant"]
+    assert len(demos) == 2 and all(d.startswith("<think>") for d in demos)
+    assert all(surrogate_format(d, task) == 1.0 for d in demos)  # a demonstration earns the whole format score
+    assert "<think>" in task.messages[-1].content and "\\boxed{}" in task.messages[-1].content
+    assert task.answer == "" and source.test["add_2d"][0].answer
