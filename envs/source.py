@@ -126,8 +126,10 @@ def check_run_inputs(config: Config) -> None:
         build_reward(source.eval_rewards, config.reward_modules)
         reward = build_reward(source.rewards, config.reward_modules)
         if config.curriculum_signal() == "correctness" and not any(c.defines_accuracy for c in reward.components):
+            fix = ("label-free training judges no correctness, so use signal: reward" if source.label_free
+                   else "mark one with `correctness: true`, or use signal: reward")
             raise SourceError(f"{source.label}: curriculum.ucb.signal=correctness needs a correctness component in its "
-                              "rewards; mark one with `correctness: true`, or use signal: reward")
+                              f"training rewards; {fix}")
 
 
 def build_task_source(config: Config, tasks_file: Path | None = None) -> TaskSource:

@@ -79,6 +79,13 @@ def test_training_tasks_lose_answer_and_metadata_held_out_tasks_keep_them_and_th
     check_run_inputs(config)
 
 
+def test_a_correctness_curriculum_is_refused_in_a_label_free_run():
+    from envs.source import SourceError
+
+    with pytest.raises(SourceError, match="label-free training judges no correctness, so use signal: reward"):
+        check_run_inputs(label_free(curriculum={"ucb": {"signal": "correctness"}}))
+
+
 def test_eval_rewards_replace_the_default_and_a_labelled_run_keeps_one_set():
     config = label_free(eval={"rewards": [{"name": "math_answer"}]})
     assert [s["name"] for s in reward_sets(config)["0:arithmetic:eval"]] == ["math_answer"]
