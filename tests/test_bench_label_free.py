@@ -110,3 +110,28 @@ def test_every_arm_makes_a_valid_config_and_only_the_correctness_arm_reads_answe
                      "format_length": (True, ["format_length"])}
     assert selected_slots(list(bench.ARMS), ["format_length:1", "format"], [0, 1]) == [
         ("format_length", 1), ("format", 0), ("format", 1)]
+
+
+def test_the_grid_runs_each_unfinished_slot_once_and_reports_a_failure_with_its_log(tmp_path, capsys):
+    from bench.support.grid import run_grid
+
+    script = ("import json, pathlib, sys; slot = pathlib.Path(sys.argv[1]); run = slot / 'run-20261201-100000'; "
+              "(run / 'final').mkdir(parents=True); (run / 'final' / 'config.json').write_text('{}'); "
+              "(run / 'eval_after.json').write_text('{}'); "
+              "(run / 'config.yaml').write_text(json.dumps({'train': {'steps': 4}, 'eval': {'every': 2}, "
+              "'env': {'test_size': 32, 'sources': [{'distributions': ['add_1d', 'add_2d']}]}})); print('trained', slot.name)")
+    started = []
+
+    def new_command(arm, seed, slot):
+        started.append((arm, seed))
+        return [sys.executable, "-c", script, str(slot)]
+
+    slots = [("format", 0), ("format_length", 0)]
+    run_grid(slots, BUDGET, tmp_path, new_command, tmp_path)
+    run_grid(slots, BUDGET, tmp_path, new_command, tmp_path)  # both finished: nothing runs again
+    assert started == slots
+    assert "trained format-seed0" in (tmp_path / "format-seed0" / "train.log").read_text()
+    assert "finished earlier" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="(?s)correctness seed 1: `rl train` exited with 3.*boom"):
+        run_grid([("correctness", 1)], BUDGET, tmp_path,
+                 lambda arm, seed, slot: [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path)
