@@ -74,13 +74,21 @@ def one_line(style: PromptStyle) -> PromptStyle:
     return PromptStyle(style.system_prompt, style.instruction, separator=" ")
 
 
-def demonstrations(name: str, pairs: list[tuple[int, int]], style: PromptStyle) -> list[ChatMessage]:
-    """Solved problems as prior chat turns, answered as `a + b = \\boxed{c}`."""
+def demonstration_reply(op: str, a: int, b: int, think: bool = False) -> str:
+    """`a + b = \\boxed{c}`, or with `think` `<think>a + b = c</think> The answer is \\boxed{c}.`"""
+    expression, answer = f"{a} {OPERATORS[op]} {b}", solve(op, a, b)
+    if think:
+        return f"<think>{expression} = {answer}</think> The answer is \\boxed{{{answer}}}."
+    return f"{expression} = \\boxed{{{answer}}}"
+
+
+def demonstrations(name: str, pairs: list[tuple[int, int]], style: PromptStyle, think: bool = False) -> list[ChatMessage]:
+    """Solved problems as prior chat turns (see `demonstration_reply`)."""
     op, _ = parse_distribution(name)
     turns = []
     for a, b in pairs:
         turns.append(ChatMessage(role="user", content=one_line(style).user_text(question_text(op, a, b))))
-        turns.append(ChatMessage(role="assistant", content=f"{a} {OPERATORS[op]} {b} = \\boxed{{{solve(op, a, b)}}}"))
+        turns.append(ChatMessage(role="assistant", content=demonstration_reply(op, a, b, think)))
     return turns
 
 
@@ -98,7 +106,7 @@ def make_task(
 
 
 def build_splits(
-    name: str, train_size: int, test_size: int, seed: int, style: PromptStyle, few_shot: int = 0,
+    name: str, train_size: int, test_size: int, seed: int, style: PromptStyle, few_shot: int = 0, few_shot_think: bool = False,
 ) -> tuple[list[Task], list[Task]]:
     """Disjoint (train, test) task lists; test takes the first `test_size` problems of the draw.
 
@@ -109,5 +117,5 @@ def build_splits(
     pairs = draw_problems(name, train_size + test_size, seed)
     if len(pairs) <= test_size + few_shot:
         raise ValueError(f"distribution {name} has only {len(pairs)} distinct problems; lower env.test_size")
-    shots = demonstrations(name, pairs[test_size:test_size + few_shot], style)
+    shots = demonstrations(name, pairs[test_size:test_size + few_shot], style, few_shot_think)
     return held_out_first(pairs, test_size, lambda split, i, pair: make_task(name, split, i, *pair, style, shots))

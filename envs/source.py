@@ -5,6 +5,9 @@ distribution of each source is one arm of the curriculum. Each source also names
 and the reward set its tasks use: its own setting, else the run-wide one (`env.system_prompt`,
 `env.instruction`, top-level `rewards`), else the generator's default (a K&K puzzle is scored by
 `knights_knaves` + `format`, a countdown task by `countdown` + `format`, and so on).
+Held-out tasks are scored by the same set unless `eval.rewards` is set or the run is label-free
+(`env.label_free`: training tasks lose their answers, held-out ones keep them and are scored by
+the source's default, correctness-judging set); such a second set is named NAME:eval.
 
 Inside a distribution, tasks are drawn without replacement and reshuffled when exhausted, so an
 epoch covers the data. Which distribution comes next is the curriculum's decision.
@@ -25,6 +28,7 @@ from typing import Any
 from envs.prompts import PromptStyle
 from rl.config import Config, EnvConfig, RewardComponent
 from rl.curriculum import Curriculum, UniformCurriculum, make_curriculum
+from rl.label_free import solved_in_its_own_prompt, without_answer
 from rl.wire import Task
 
 log = logging.getLogger("envs")
@@ -48,13 +52,18 @@ class ResolvedSource:
     style: PromptStyle
     reward_set: str
     rewards: list[dict[str, Any]]
+    eval_reward_set: str  # the set held-out tasks are scored with; the training set's name when they are the same
+    eval_rewards: list[dict[str, Any]]
+    label_free: bool  # training tasks lose their answer (rl/label_free.py)
 
     @property
     def label(self) -> str:
         return f"env.sources.{self.index} ({self.config.type})"
 
 
-def resolve_sources(env: EnvConfig, rewards: list[RewardComponent] | None) -> list[ResolvedSource]:
+def resolve_sources(
+    env: EnvConfig, rewards: list[RewardComponent] | None, eval_rewards: list[RewardComponent] | None = None,
+) -> list[ResolvedSource]:
     resolved = []
     for index, source in enumerate(env.sources):
         module = importlib.import_module(FILE_MODULE if source.type == "file" else GENERATORS[source.type])
@@ -62,10 +71,22 @@ def resolve_sources(env: EnvConfig, rewards: list[RewardComponent] | None) -> li
         instruction = first_set(source.instruction, env.instruction, getattr(module, "DEFAULT_INSTRUCTION", ""))
         components = source.rewards if source.rewards is not None else rewards
         specs = [c.model_dump(exclude_none=True) for c in components] if components is not None else list(module.DEFAULT_REWARDS)
-        resolved.append(
-            ResolvedSource(index, source, module, PromptStyle(system_prompt or None, instruction), f"{index}:{source.type}", specs)
-        )
+        eval_specs = evaluation_specs(specs, eval_rewards, module, env.label_free)
+        name = f"{index}:{source.type}"
+        resolved.append(ResolvedSource(
+            index, source, module, PromptStyle(system_prompt or None, instruction), name, specs,
+            name if eval_specs == specs else f"{name}:eval", eval_specs, env.label_free,
+        ))
     return resolved
+
+
+def evaluation_specs(training: list[dict[str, Any]], eval_rewards: list[RewardComponent] | None, module: ModuleType,
+                     label_free: bool) -> list[dict[str, Any]]:
+    """What held-out tasks are scored with: eval.rewards, else the training rewards, which under
+    env.label_free judge no correctness, so then the source's default rewards (they do)."""
+    if eval_rewards is not None:
+        return [c.model_dump(exclude_none=True) for c in eval_rewards]
+    return list(module.DEFAULT_REWARDS) if label_free else training
 
 
 def first_set(*values):
@@ -73,13 +94,18 @@ def first_set(*values):
 
 
 def reward_sets(config: Config) -> dict[str, list[dict[str, Any]]]:
-    """Reward-set name -> component specs, one set per source; tasks carry their set's name."""
-    return {s.reward_set: s.rewards for s in resolve_sources(config.env, config.rewards)}
+    """Reward-set name -> component specs, one set per source (two where held-out tasks are scored
+    differently: NAME and NAME:eval); tasks carry their set's name."""
+    sets = {}
+    for s in resolve_sources(config.env, config.rewards, config.eval.rewards):
+        sets[s.reward_set] = s.rewards
+        sets[s.eval_reward_set] = s.eval_rewards
+    return sets
 
 
 def check_sources(config: Config) -> None:
     """Cheap start-up checks before any process starts: distribution names parse, files exist and read."""
-    for source in resolve_sources(config.env, config.rewards):
+    for source in resolve_sources(config.env, config.rewards, config.eval.rewards):
         try:
             if source.config.type == "file":
                 source.module.check_source(source.config)
@@ -96,11 +122,14 @@ def check_run_inputs(config: Config) -> None:
     from rewards.registry import build_reward
 
     check_sources(config)
-    for source in resolve_sources(config.env, config.rewards):
+    for source in resolve_sources(config.env, config.rewards, config.eval.rewards):
+        build_reward(source.eval_rewards, config.reward_modules)
         reward = build_reward(source.rewards, config.reward_modules)
         if config.curriculum_signal() == "correctness" and not any(c.defines_accuracy for c in reward.components):
+            fix = ("label-free training judges no correctness, so use signal: reward" if source.label_free
+                   else "mark one with `correctness: true`, or use signal: reward")
             raise SourceError(f"{source.label}: curriculum.ucb.signal=correctness needs a correctness component in its "
-                              "rewards; mark one with `correctness: true`, or use signal: reward")
+                              f"training rewards; {fix}")
 
 
 def build_task_source(config: Config, tasks_file: Path | None = None) -> TaskSource:
@@ -133,7 +162,8 @@ def check_prompts_fit(source: TaskSource, lengths: Callable[[list[Task]], list[i
 
 
 def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
-    """(train, test) task lists per distribution of one source, tagged with its reward set."""
+    """(train, test) task lists per distribution of one source, tagged with their reward sets; under
+    env.label_free the training tasks lose their answers here, before anything else holds them."""
     config = source.config
     train_size = config.train_size or env.train_size
     test_size = config.test_size or env.test_size
@@ -146,13 +176,19 @@ def build_source_splits(source: ResolvedSource, env: EnvConfig, seed: int) -> tu
                 log.warning("%s", warning)
         else:
             few_shot = getattr(config, "few_shot", 0)
+            think = {"few_shot_think": True} if getattr(config, "few_shot_think", False) else {}  # arithmetic only
             for name in config.distributions:
-                train[name], test[name] = source.module.build_splits(name, train_size, test_size, seed, source.style, few_shot)
+                train[name], test[name] = source.module.build_splits(name, train_size, test_size, seed, source.style, few_shot, **think)
     except ValueError as err:
         raise SourceError(f"{source.label}: {err}") from err
-    for tasks in (*train.values(), *test.values()):
+    if source.label_free:
+        train = {name: [without_answer(t) for t in tasks if not solved_in_its_own_prompt(t)] for name, tasks in train.items()}
+    for tasks in train.values():
         for task in tasks:
             task.reward_set = source.reward_set
+    for tasks in test.values():
+        for task in tasks:
+            task.reward_set = source.eval_reward_set
     return train, test
 
 
@@ -191,7 +227,7 @@ class TaskSource:
         splits: tuple[dict[str, list[Task]], dict[str, list[Task]]] | None = None,
     ):
         """`splits`: (train, test) as built before (`save_splits`), instead of building them again."""
-        self.sources = resolve_sources(config.env, config.rewards)
+        self.sources = resolve_sources(config.env, config.rewards, config.eval.rewards)
         self.train, self.test = splits if splits is not None else build_all_splits(self.sources, config)
         self.distributions = list(self.train)
         self.curriculum = curriculum_factory(self.distributions)

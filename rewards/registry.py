@@ -6,8 +6,9 @@ A reward function takes the completion text and the task and returns a float:
 
 Keyword parameters come from the config entry (`{name: my_reward, weight: 0.5, my_param: 2}`).
 A function may also accept `num_tokens` (completion length in tokens), `finish_reason`
-("stop" or "length") and `token_ids` (the completion's token ids, a list of ints); they are
-passed when its signature names them. The batch form
+("stop" or "length"), `token_ids` (the completion's token ids, a list of ints) and
+`max_new_tokens` (the token budget of the request that sampled it); they are passed when its
+signature names them. The batch form
 (`@reward(batch=True)`) takes lists — `(completions: list[str], tasks: list[Task], ...)` — and
 returns one float per completion; it is called once per group of samples of the same prompt.
 
@@ -31,7 +32,7 @@ from typing import Any
 from rl.wire import Task
 
 RewardFn = Callable[..., Any]
-CONTEXT_KEYS = ("num_tokens", "finish_reason", "token_ids")
+CONTEXT_KEYS = ("num_tokens", "finish_reason", "token_ids", "max_new_tokens")
 RESERVED_KEYS = ("name", "weight", "on_error", "alias", "correctness")
 
 # Built-in rewards, imported on first use so that a config check stays cheap.
@@ -45,6 +46,10 @@ BUILTINS: dict[str, str] = {
     "length_penalty": "rewards.length:length_penalty",
     "knights_knaves": "rewards.knights_knaves:knights_knaves",
     "countdown": "rewards.countdown:countdown",
+    # label-free (Xin et al. 2025); `format` is taken by the <think>/<answer> pattern reward
+    "surrogate_length": "rewards.surrogate:surrogate_length",
+    "surrogate_format": "rewards.surrogate:surrogate_format",
+    "format_length": "rewards.surrogate:format_length",
 }
 REGISTRY: dict[str, RewardFn] = {}
 

@@ -99,6 +99,10 @@ class ArithmeticSource(SourceBase):
         description="<op>_<digits>d with op add/sub/mul, e.g. add_1d, add_2d, sub_2d, mul_1d.",
     )
     few_shot: int = Field(0, ge=0, le=8, description="Solved training problems shown as chat turns before each question.")
+    few_shot_think: bool = Field(
+        False, description="The solved examples reason in <think>...</think> before the boxed answer (the format a "
+        "label-free run's format rewards ask for)."
+    )
 
 
 class KnightsKnavesSource(SourceBase):
@@ -146,6 +150,10 @@ class EnvConfig(Section):
     test_size: int = Field(32, ge=1, description="Held-out tasks per distribution (disjoint from training).")
     system_prompt: str | None = Field(None, description="System message for every source that sets none; null: the source's default.")
     instruction: str | None = Field(None, description="Instruction for every source that sets none; null: the source's default.")
+    label_free: bool = Field(
+        False, description="Training tasks reach the workers without their answer (answer '', no metadata): training "
+        "rewards must not read it (e.g. format_length); evaluation keeps the answers and scores with eval.rewards."
+    )
 
 
 class RolloutConfig(Section):
@@ -298,6 +306,10 @@ class EvalConfig(Section):
     temperature: float = Field(0.0, ge=0.0, description="0 is greedy; samples > 1 needs a temperature > 0.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
+    rewards: list[RewardComponent] | None = Field(
+        None, min_length=1, description="Reward components that score held-out tasks; default: each source's training "
+        "rewards, or under env.label_free each source's default rewards (they judge correctness)."
+    )
 
     @model_validator(mode="after")
     def _check_sampling(self) -> EvalConfig:
@@ -469,6 +481,15 @@ class Config(Section):
     def prompt_token_limit(self) -> int:
         """The longest prompt that leaves room for the longest answer (training or evaluation)."""
         return self.rollout.max_model_len - max(self.rollout.max_new_tokens, self.eval.max_new_tokens or 0)
+
+    @model_validator(mode="after")
+    def _check_label_free(self) -> Config:
+        from rl.label_free import label_free_problem
+
+        problem = label_free_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _check_lengths(self) -> Config:

@@ -112,7 +112,7 @@ class Task(BaseModel):
     task_id: Id
     distribution: Id
     messages: Annotated[list[ChatMessage], FailFast(), Field(max_length=MAX_MAP_ITEMS)]
-    answer: str = Field(description="Reference answer the rewards compare with.")
+    answer: str = Field(description="Reference answer the rewards compare with; empty in label-free training (env.label_free).")
     metadata: JsonDict = Field(default_factory=dict)
     reward_set: Id = Field("default", description="Which of the run's reward sets scores this task (one per source).")
 

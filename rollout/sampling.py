@@ -54,7 +54,8 @@ def sample_and_score(
     scored = rewards.score(
         [c.text for _, _, c in flat],
         [task_dicts[t] for t, _, _ in flat],
-        [{"num_tokens": len(c.token_ids), "finish_reason": c.finish_reason, "token_ids": list(c.token_ids)} for _, _, c in flat],
+        [{"num_tokens": len(c.token_ids), "finish_reason": c.finish_reason, "token_ids": list(c.token_ids),
+          "max_new_tokens": sampling.max_tokens} for _, _, c in flat],
         groups=list(groups.values()),
     )
     batch = SampleBatch(generate_seconds=generated - started, score_seconds=time.perf_counter() - generated)

@@ -65,7 +65,7 @@ class FakeWorker(threading.Thread):
                     continue
                 metas = [
                     SampleMeta(sample_id=f"w{self.worker_id}-r{message.request_id}-t{t}-s{s}", task_id=task.task_id,
-                               distribution="d", prompt_len=1, completion_len=1, reward=0.0, reward_components={},
+                               distribution=task.distribution, prompt_len=1, completion_len=1, reward=0.0, reward_components={},
                                finish_reason="stop", policy_version=0, worker_id=self.worker_id, text="x")
                     for t, task in enumerate(message.tasks) for s in range(message.sampling.n)
                 ]
