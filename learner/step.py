@@ -310,7 +310,7 @@ def clock(device: torch.device) -> float:
 def gae_diagnostics(items: list[Prepared], world_size: int) -> dict[str, float]:
     """The whitened token advantages PPO trained with (min, mean, max) and the critic's explained variance,
     1 - Var(R - V_old) / Var(R), over every completion token of the batch (every rank's, lockstep copies left out)."""
-    sums = torch.zeros(7, dtype=torch.float64)
+    sums = torch.zeros(6, dtype=torch.float64)
     low, high = math.inf, -math.inf
     for item in items:
         if item.weight == 0:

@@ -31,8 +31,9 @@ def reward_spread(group: list[dict[str, Any]]) -> float:
 def table_rows(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     """At most `limit` rows of whole groups, alternately the widest and the narrowest reward spread, in step order."""
     groups = groups_of(rows)
-    ranked = sorted(groups, key=lambda g: (-reward_spread(groups[g]), g))  # widest first; ties in step order
-    order = [ranked[i // 2] if i % 2 == 0 else ranked[-1 - i // 2] for i in range(len(ranked))]
+    widest = sorted(groups, key=lambda g: (-reward_spread(groups[g]), g))  # ties in step order
+    narrowest = sorted(groups, key=lambda g: (reward_spread(groups[g]), g))
+    order = list(dict.fromkeys(g for pair in zip(widest, narrowest) for g in pair))  # alternately, each group once
     chosen, room = [], limit
     for g in order:
         if len(groups[g]) <= room:
