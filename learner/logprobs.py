@@ -122,7 +122,7 @@ def token_entropy(logits: Tensor) -> Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
 
 
-ENTROPY_CHUNK_ROWS = 1024  # bounds the diagnostic's transient float32 (rows, V) tensors
+ENTROPY_CHUNK_ROWS = 256  # bounds the diagnostic's transient float32 (rows, V) tensors (256 x 49k: 50 MB each)
 
 
 @torch.no_grad()

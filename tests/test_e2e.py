@@ -370,6 +370,10 @@ def test_resume_sees_the_same_tasks_and_ends_with_the_same_weights(tmp_path, tin
             assert a[f"curriculum/{name}/probability"] == pytest.approx(b[f"curriculum/{name}/probability"], abs=1e-9)
             assert a[f"curriculum/{name}/count"] == b[f"curriculum/{name}/count"]
     assert (halves / "curriculum.png").is_file()
+    completions = lambda run: [(r["step"], r["task_id"], r["completion"]) for r in
+                               map(json.loads, (run / "completions.jsonl").read_text().splitlines())]
+    assert [c[0] for c in completions(halves)] == [s for s in (1, 2, 3, 4) for _ in range(4)]  # every step's samples once
+    assert completions(halves) == completions(straight)
     first = load_file(str(straight / "final" / "model.safetensors"))
     second = load_file(str(halves / "final" / "model.safetensors"))
     for name, tensor in first.items():
