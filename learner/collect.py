@@ -15,10 +15,11 @@ from envs.source import TaskSource
 from learner.advantages import group_advantages, rloo_advantages
 from learner.batch import TrainSample
 from learner.curriculum_signal import curriculum_signal
+from learner.diagnostics import advantage_metrics, job_worker_memory, step_advantages, zero_spread_metrics
 from rl.config import Config
 from rl.coordinator import Coordinator, RolloutJob, Trajectory, drop_stale
 from rl.replies import DYNAMIC_SAMPLING_MAX_FACTOR
-from rl.wire import SamplingParams
+from rl.wire import SamplingParams, Task
 
 log = logging.getLogger("learner")
 
@@ -45,6 +46,20 @@ class StepBatch:
         self.generate_seconds = 0.0  # the workers' engines generating, summed over requests (their own account)
         self.dropped_stale = 0
         self.metrics: dict[str, float] = {}
+        self.questions: dict[str, str] = {}  # task id -> its question (the last user message), for the completions log
+        self.advantages: dict[str, float] = {}  # sample id -> its advantage as the completions log shows it
+        self.worker_memory: dict[int, tuple[int | None, int | None]] = {}  # worker id -> peak (RSS, GPU) bytes it reported
+
+    def note_job(self, job: RolloutJob) -> None:
+        """What a collected job tells beyond its samples: its tasks' questions and its workers' memory."""
+        for chunk in job.chunks:
+            self.questions.update((task.task_id, question_of(task)) for task in chunk.tasks)
+        self.worker_memory.update(job_worker_memory(job))
+
+
+def question_of(task: Task) -> str:
+    """The question as the env wrote it: the last user message (not the chat template around it)."""
+    return next((m.content for m in reversed(task.messages) if m.role == "user"), "")
 
 
 @dataclass
@@ -71,10 +86,13 @@ def collect_step(coordinator: Coordinator, source: TaskSource, config: Config, s
     batch.wait_seconds += time.perf_counter() - waiting_since
     batch.rollout_seconds += time.perf_counter() - submitted.submitted_at
     batch.generate_seconds += submitted.job.generate_seconds
+    batch.note_job(submitted.job)
     while True:
         fresh, dropped = drop_stale(trajectories, version, config.rollout.max_staleness)
         batch.dropped_stale += dropped
         samples = with_advantages(fresh, config)
+        shown = step_advantages(fresh, [s.advantage for s in samples], config.train.advantage, config.train.adv_eps)
+        batch.advantages.update((t.meta.sample_id, a) for t, a in zip(fresh, shown))
         # Each sample counts for the distribution that produced it, dropped groups included (|A| = 0
         # says "too easy or too hard"); evaluation never gets here, so held-out results never steer it.
         # The curriculum's |A| is its own (learner/curriculum_signal.py), whatever the training estimator.
@@ -98,6 +116,7 @@ def collect_step(coordinator: Coordinator, source: TaskSource, config: Config, s
         batch.rollout_seconds += time.perf_counter() - start
         batch.wait_seconds += time.perf_counter() - start
         batch.generate_seconds += job.generate_seconds
+        batch.note_job(job)
         rounds += 1
     if config.train.dynamic_sampling:
         batch.trained, batch.samples = first_groups(batch.trained, batch.samples, wanted)
@@ -111,6 +130,9 @@ def collect_step(coordinator: Coordinator, source: TaskSource, config: Config, s
                         step, len({t.group_key for t in batch.trained}), wanted, rounds)
     if config.train.overlong_filter:
         batch.metrics["train/overlong_filtered"] = sum(not s.in_loss for s in batch.samples)
+    batch.metrics.update(zero_spread_metrics(batch.generated))
+    if config.train.advantage != "gae":  # PPO's advantages are per token, made inside the step (learner.step)
+        batch.metrics.update(advantage_metrics([s.advantage for s in batch.samples if s.in_loss]))
     if batch.generated:  # how many versions behind the learner the step's samples are (async: the first round's are 1)
         batch.metrics["rollout/staleness_mean"] = sum(version - t.meta.policy_version for t in batch.generated) / len(batch.generated)
     return batch

@@ -92,6 +92,15 @@ def all_reduce_sum(value: float) -> float:
     return float(tensor.item())
 
 
+def all_reduce_max(value: float) -> float:
+    """The largest of a Python number over all ranks, on every rank; identity without a process group."""
+    if not is_distributed():
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=comm_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
 def field_kinds(cls: type) -> list[tuple[str, str]]:
     """(name, kind) of each field of dataclass `cls`, kind being one of list[int], list[float], int, float, bool."""
     if not dataclasses.is_dataclass(cls):

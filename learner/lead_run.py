@@ -18,7 +18,7 @@ from learner.stop import StopSignals
 from learner.trainer import Trainer
 from rl.config import Config
 from rl.coordinator import Coordinator
-from rl.monitor import Monitor, truncate_after
+from rl.monitor import COMPLETIONS_FILE, Monitor, truncate_after
 from rl.prompts import prompt_lengths, render_prompts
 from rl.replies import receive_limits
 from rl.transport import LearnerEndpoint
@@ -103,7 +103,7 @@ def resumed_progress(source: TaskSource, state: dict | None, run_dir: Path) -> P
     if state is not None:
         done_step, version, wandb_id = state["step"], state["policy_version"], state.get("wandb_id")
         source.load_state_dict(state["source"])
-        for name in ("metrics.jsonl", "trained_samples.jsonl"):  # one line per step after the resume
+        for name in ("metrics.jsonl", "trained_samples.jsonl", COMPLETIONS_FILE):  # each step's lines once after the resume
             truncate_after(run_dir / name, done_step)
     # source_before_step: what a checkpoint of the last finished step records
     return Progress(last_step=done_step, version=version, source_before_step=source.state_dict(), wandb_id=wandb_id)

@@ -90,9 +90,13 @@ def to_grid(values: Tensor, token_mask: Tensor) -> Tensor:
     return grid.masked_scatter(token_mask.to(values.device), values)
 
 
-def completion_logprobs(model, mb: MicroBatch, temperature: float = 1.0, with_entropy: bool = False):
+def completion_logprobs(model, mb: MicroBatch, temperature: float = 1.0, with_entropy: bool = False,
+                        entropy_grad: bool = True):
     """(B, C) logprobs of the completion tokens (and, with_entropy, the (B, C) entropy of each position's
-    tempered next-token distribution, from the same logits), with grad when grad is enabled."""
+    tempered next-token distribution, from the same logits), with grad when grad is enabled.
+
+    entropy_grad=False: the entropy is only a diagnostic (no entropy bonus), computed without grad in
+    row chunks, so it costs neither a forward pass nor memory kept for backward."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (greedy decoding has no logprobs to train on), got {temperature}")
     logits = completion_logits(model, mb)  # (N, V)
@@ -102,7 +106,8 @@ def completion_logprobs(model, mb: MicroBatch, temperature: float = 1.0, with_en
     targets = mb.target_ids.to(logits.device)[token_mask]  # (N,)
     logprobs = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1).float() - torch.logsumexp(logits.float(), dim=-1)
     if with_entropy:
-        return to_grid(logprobs, token_mask), to_grid(token_entropy(logits), token_mask)
+        entropy = token_entropy(logits) if entropy_grad else token_entropy_no_grad(logits)
+        return to_grid(logprobs, token_mask), to_grid(entropy, token_mask)
     return to_grid(logprobs, token_mask)
 
 
@@ -115,3 +120,13 @@ def token_entropy(logits: Tensor) -> Tensor:
     logits = logits.float()
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+
+
+ENTROPY_CHUNK_ROWS = 256  # bounds the diagnostic's transient float32 (rows, V) tensors (256 x 49k: 50 MB each)
+
+
+@torch.no_grad()
+def token_entropy_no_grad(logits: Tensor, chunk_rows: int = ENTROPY_CHUNK_ROWS) -> Tensor:
+    """`token_entropy` of detached logits, a chunk of rows at a time: a metric, never part of the loss."""
+    logits = logits.detach()
+    return torch.cat([token_entropy(part) for part in logits.split(chunk_rows)]) if len(logits) else logits.new_zeros(0).float()

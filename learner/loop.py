@@ -3,7 +3,9 @@
 One step, phase by phase: collect (draw prompts -> workers sample and score them with policy
 version v -> drop stale groups -> advantages: GRPO, Dr. GRPO, RLOO, or GAE from the critic inside
 the step -> [dynamic sampling: drop groups whose rewards are all equal, sample more]) -> train
-(DeepSpeed update(s)) -> publish (weights as version v+1) -> log -> evaluate -> checkpoint.
+(DeepSpeed update(s)) -> publish (weights as version v+1) -> evaluate -> checkpoint -> log. The metrics
+line comes last so that it holds the time of every phase, the checkpoint's included; a stop during the
+checkpoint still writes it (`Progress.unlogged`).
 
 With rollout.async the next step's prompts go to the workers before this step trains, so
 generation (with version v) overlaps training; those samples are one version old when trained on,
@@ -23,6 +25,7 @@ import torch
 
 from learner.checkpoint import STATE_FILE, checkpoint_root, find_checkpoint, load_checkpoint, step_dir_name
 from learner.collect import StepBatch, collect_step, submit_step
+from learner.completions import completion_rows, completions_due
 from learner.distributed import is_main, world_size
 from learner.engine import init_distributed
 from learner.evaluate import evaluate_after, evaluate_before, evaluate_during
@@ -104,14 +107,20 @@ def train_one_step(rank0: LeadRun, step: int) -> None:
     batch, source_before_next = collect(rank0, step)
     with rank0.stop:  # the update and the publication of its weights happen together or not at all
         train_metrics = train(rank0, step, batch)
+        started = time.perf_counter()
         sync = publish(rank0) if train_metrics is not None else None
-        record(rank0, step, batch, train_metrics, source_before_next)
+        record(rank0, step, batch, train_metrics, source_before_next, {"time/publish_seconds": time.perf_counter() - started})
     wait_for_workers_to_load(rank0, sync)
     metrics = finished_step_metrics(rank0.progress.unlogged[1], sync, rank0.coordinator, rank0.endpoint, step_start)
     report_worker_events(rank0, step)
+    started = time.perf_counter()
     metrics.update(evaluate_during(rank0, step))
-    log_step(rank0, step, metrics)
+    metrics["time/eval_seconds"] = time.perf_counter() - started
+    rank0.progress.unlogged = (step, metrics)  # a stop while checkpointing writes this line
+    started = time.perf_counter()
     checkpoint(rank0, step)
+    metrics["time/checkpoint_seconds"] = time.perf_counter() - started
+    log_step(rank0, step, metrics)
 
 
 # ------------------------------------------------------------------ the phases of a step
@@ -155,17 +164,20 @@ def wait_for_workers_to_load(rank0: LeadRun, sync: SyncStats | None) -> None:
 
 
 def record(rank0: LeadRun, step: int, batch: StepBatch, train_metrics: dict[str, float] | None,
-           source_before_next: dict | None) -> None:
-    """The step is done: its audit line, the progress a checkpoint records, its metrics so far."""
+           source_before_next: dict | None, timings: dict[str, float]) -> None:
+    """The step is done: its audit line, its completions, the progress a checkpoint records, its metrics so far."""
     trajectories, progress = batch.trained, rank0.progress
     rank0.audit.write(json.dumps({"step": step, "sample_ids": [t.meta.sample_id for t in trajectories],
                                  "task_ids": [t.meta.task_id for t in trajectories],
                                  "policy_versions": [t.meta.policy_version for t in trajectories]}) + "\n")
     rank0.audit.flush()
+    if completions_due(step, rank0.config.logging.completions_every):
+        rank0.monitor.log_completions(step, completion_rows(step, batch))
     progress.last_step = step
     progress.source_before_step = source_before_next or rank0.source.state_dict()  # a checkpoint now starts the next step
     # written even if a stop comes before the step's metrics line is complete
-    progress.unlogged = (step, step_record(batch, train_metrics, rank0.source.curriculum, progress.version, rank0.config))
+    progress.unlogged = (step, {**step_record(batch, train_metrics, rank0.source.curriculum, progress.version, rank0.config),
+                                **timings})
 
 
 def report_worker_events(rank0: LeadRun, step: int) -> None:

@@ -26,6 +26,7 @@ whole batch's.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from torch import Tensor
 from learner.advantages import gae, token_level_rewards
 from learner.batch import MicroBatch, TrainSample
 from learner.critic import completion_values
+from learner.diagnostics import advantage_and_value_sums, gae_metrics
 from learner.logprobs import completion_logprobs, model_device
 from learner.losses import (
     PolicyLossInputs,
@@ -109,22 +111,27 @@ def train_step(
         raise ValueError("the batch has no completion tokens to train on")
 
     start = time.perf_counter()
+    device = model_device(engine)
     plans = epoch_plans(samples, layout, settings.mini_batches, settings.epochs, seed=settings.seed, step=step,
                         rank=rank, world_size=world_size)
     prepared = [prepare(engine, plan, settings, ref_model, critic, world_size) for plan in plans]  # before any update
     lr = engine.get_lr()[0]  # the LR of this step's first update; the scheduler advances in engine.step()
     totals: dict[str, float] = defaultdict(float)
+    totals["time/no_grad_seconds"] = clock(device) - start
     seen_tokens = 0
     grad_norms: list[float] = []
     for epoch in range(settings.epochs):
         for mini_batch in prepared[epoch % len(prepared)]:
             metrics, tokens, grad_norm = update(engine, mini_batch, settings, critic, world_size)
             for key, value in metrics.items():
-                totals[key] += value / settings.updates
+                totals[key] += value if key.startswith("time/") else value / settings.updates
             seen_tokens += tokens
             if grad_norm is not None:
                 grad_norms.append(grad_norm)
-    return step_metrics(totals, settings, lr, grad_norms, seen_tokens / (time.perf_counter() - start), critic)
+    out = step_metrics(totals, settings, lr, grad_norms, seen_tokens / (time.perf_counter() - start), critic)
+    if settings.gae:
+        out.update(gae_diagnostics([item for mini in prepared[0] for item in mini.items], world_size))
+    return out
 
 
 def step_metrics(totals: dict[str, float], settings: StepSettings, lr: float, grad_norms: list[float],
@@ -144,9 +151,10 @@ def step_metrics(totals: dict[str, float], settings: StepSettings, lr: float, gr
         "train/learner_tokens_per_s": tokens_per_s,  # this rank: the tokens its passes ran over (a shared prompt once)
         "train/logprob_diff": totals["logprob_diff"],
     }
-    for key in ("entropy", "is_weight"):
+    for key in ("entropy", "is_weight", "approx_kl"):
         if key in totals:
             out[f"train/{key}"] = totals[key]
+    out.update({key: value for key, value in totals.items() if key.startswith("time/")})  # this rank's phases
     if critic is not None:
         out.update({"loss/value": totals["loss/value"], "critic/value_clip_frac": totals["value_clip_frac"],
                     "critic/value_mean": totals["value_mean"], "critic/return_mean": totals["return_mean"],
@@ -208,26 +216,35 @@ def update(engine, mini_batch: PreparedMiniBatch, settings: StepSettings, critic
     """One optimizer step of the policy (and the critic) over this rank's share of a mini-batch."""
     num_tokens, num_sequences = mini_batch.num_tokens, mini_batch.num_sequences
     totals: dict[str, float] = defaultdict(float)
+    phases: dict[str, float] = defaultdict(float)  # this rank's wall time, not reduced over ranks
     tokens = 0
     if num_tokens == 0:
         return totals, tokens, None
-    grad_norm = None
+    grad_norm, device = None, model_device(engine)
     for i, item in enumerate(mini_batch.items):
         is_last = i == len(mini_batch.items) - 1
         # The boundary is set by hand, so any number of micro-batches makes exactly one optimizer step.
         engine.set_gradient_accumulation_boundary(is_last)
+        started = time.perf_counter()
         loss, metrics = policy_micro_batch_loss(engine, item, settings, num_tokens, num_sequences)
         # `loss` is already this micro-batch's share of the mini-batch loss: no division by the
         # accumulation steps, and a factor world_size against DeepSpeed's average over ranks.
         engine.backward(loss * (item.weight * world_size), scale_wrt_gas=False)
         if is_last and not engine.zero_optimization():
             grad_norm = module_grad_norm(engine.module)  # DeepSpeed reports no norm without ZeRO
+        backward_done = clock(device)
         engine.step()
+        phases["time/optimizer_seconds"] += clock(device) - backward_done
+        phases["time/forward_backward_seconds"] += backward_done - started
         if critic is not None:
             critic.set_gradient_accumulation_boundary(is_last)
+            started = time.perf_counter()
             v_loss, v_metrics = critic_micro_batch_loss(critic, item, settings, num_tokens)
             critic.backward(v_loss * (item.weight * world_size), scale_wrt_gas=False)
+            backward_done = clock(device)
             critic.step()
+            phases["time/optimizer_seconds"] += clock(device) - backward_done
+            phases["time/forward_backward_seconds"] += backward_done - started
             metrics.update(v_metrics)
         for key, value in metrics.items():
             totals[key] += value * item.weight
@@ -235,14 +252,16 @@ def update(engine, mini_batch: PreparedMiniBatch, settings: StepSettings, critic
         tokens += item.mb.num_input_tokens
     if engine.get_global_grad_norm() is not None:
         grad_norm = float(engine.get_global_grad_norm())
-    return {k: _global_sum(v, world_size) for k, v in totals.items()}, tokens, grad_norm
+    return {**{k: _global_sum(v, world_size) for k, v in totals.items()}, **phases}, tokens, grad_norm
 
 
 def policy_micro_batch_loss(model, item: Prepared, settings: StepSettings, num_tokens: float, num_sequences: float):
     """This micro-batch's share of the mini-batch's policy loss (with grad), and its metrics."""
     mb, device = item.mb, model_device(model)
     loss_mask = mb.loss_mask.to(device)  # (B, C)
-    logprobs, entropy = logprobs_and_entropy(model, mb, settings.temperature, settings.entropy_coef > 0)
+    # the entropy always: a diagnostic from the logits this pass has anyway (with grad only for the bonus)
+    logprobs, entropy = completion_logprobs(model, mb, settings.temperature, with_entropy=True,
+                                            entropy_grad=settings.entropy_coef > 0)
     old_logprobs = item.old_logprobs if item.old_logprobs is not None else logprobs.detach()
     rollout_logprobs = mb.rollout_logprobs.to(device)
     if item.advantages is not None:
@@ -264,6 +283,9 @@ def policy_micro_batch_loss(model, item: Prepared, settings: StepSettings, num_t
     )
     gap = torch.where(loss_mask > 0, (rollout_logprobs - logprobs.detach()).abs(), 0.0)
     metrics["logprob_diff"] = gap.sum().item() / num_tokens
+    if item.old_logprobs is not None:  # several updates per batch: how far this update's policy moved from the old one
+        approx_kl = kl_estimate(item.old_logprobs, logprobs.detach(), "k3")  # KL(old || new) on tokens sampled from old
+        metrics["approx_kl"] = torch.where(loss_mask > 0, approx_kl, 0.0).sum().item() / num_tokens
     if settings.kl_in == "reward" and item.ref_logprobs is not None:  # report the KL that shaped the rewards
         kl = kl_estimate(logprobs.detach(), item.ref_logprobs, settings.kl_estimator)
         metrics["kl"] = torch.where(loss_mask > 0, kl, 0.0).sum().item() / num_tokens
@@ -278,10 +300,36 @@ def critic_micro_batch_loss(critic, item: Prepared, settings: StepSettings, num_
     return loss, metrics
 
 
-def logprobs_and_entropy(model, mb: MicroBatch, temperature: float, with_entropy: bool):
-    if not with_entropy:
-        return completion_logprobs(model, mb, temperature), None
-    return completion_logprobs(model, mb, temperature, with_entropy=True)
+def clock(device: torch.device) -> float:
+    """perf_counter once the device's queued work is done (CUDA runs asynchronously), so phases are timed honestly."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def gae_diagnostics(items: list[Prepared], world_size: int) -> dict[str, float]:
+    """The whitened token advantages PPO trained with (min, mean, max) and the critic's explained variance,
+    1 - Var(R - V_old) / Var(R), over every completion token of the batch (every rank's, lockstep copies left out)."""
+    sums = torch.zeros(6, dtype=torch.float64)
+    low, high = math.inf, -math.inf
+    for item in items:
+        if item.weight == 0:
+            continue
+        mask = item.mb.loss_mask.to(item.advantages.device) > 0
+        sums += advantage_and_value_sums(item.advantages[mask], item.returns[mask], item.old_values[mask])
+        if mask.any():
+            low, high = min(low, item.advantages[mask].min().item()), max(high, item.advantages[mask].max().item())
+    sums = torch.tensor([_global_sum(x, world_size) for x in sums.tolist()], dtype=torch.float64)
+    low, high = -_global_max(-low, world_size), _global_max(high, world_size)
+    return gae_metrics(sums, low, high)
+
+
+def _global_max(value: float, world_size: int) -> float:
+    if world_size == 1:
+        return value
+    from learner.distributed import all_reduce_max
+
+    return all_reduce_max(float(value))
 
 
 def _global_sum(value: float, world_size: int) -> float:

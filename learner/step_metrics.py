@@ -10,9 +10,11 @@ from collections import Counter, defaultdict
 import torch
 
 from learner.collect import StepBatch
+from learner.diagnostics import length_by_correctness, memory_metrics
 from rewards.registry import accuracy_of
 from rl.config import Config
 from rl.coordinator import Coordinator, SyncStats, Trajectory
+from rl.memory import gpu_peak_bytes, peak_rss_bytes
 from rl.transport import LearnerEndpoint
 
 SKIPPED_UPDATE = {"train/skipped": 1.0}  # the train metrics of a step with nothing to learn from
@@ -24,7 +26,8 @@ def step_record(batch: StepBatch, train_metrics: dict[str, float] | None, curric
     return {**rollout_metrics(batch.generated, batch.rollout_seconds, config), **generation_metrics(batch),
             **(train_metrics if train_metrics is not None else SKIPPED_UPDATE),
             **batch.metrics, **curriculum_metrics(curriculum, batch.probabilities, batch.generated),
-            "policy_version": version, "rollout/dropped_stale": batch.dropped_stale}
+            "policy_version": version, "rollout/dropped_stale": batch.dropped_stale,
+            **memory_metrics((peak_rss_bytes(), gpu_peak_bytes()), batch.worker_memory)}
 
 
 def finished_step_metrics(record: dict[str, float], sync: SyncStats | None, coordinator: Coordinator,
@@ -87,7 +90,7 @@ def generation_metrics(batch: StepBatch) -> dict[str, float]:
     `rollout/tokens_per_s` divides by the step's rollout span, which in async mode overlaps the
     previous update, so it understates the engines; this divides by their generate time.
     """
-    metrics = {"rollout/wait_seconds": batch.wait_seconds}
+    metrics = {"rollout/wait_seconds": batch.wait_seconds, "time/rollout_wait_seconds": batch.wait_seconds}
     if batch.generate_seconds > 0:
         tokens = sum(t.meta.completion_len for t in batch.generated)
         metrics["rollout/generate_seconds"] = batch.generate_seconds
@@ -107,6 +110,7 @@ def rollout_metrics(trajectories: list[Trajectory], seconds: float, config: Conf
         "rollout/truncated_frac": sum(t.meta.finish_reason == "length" for t in trajectories) / len(trajectories),
         "rollout/tokens_per_s": lengths.sum().item() / max(seconds, 1e-9),
         "rollout/seconds": seconds,
+        **length_by_correctness(trajectories),
     }
     components: dict[str, list[float]] = defaultdict(list)
     failures: dict[str, int] = defaultdict(int)

@@ -411,6 +411,14 @@ class LoggingConfig(Section):
     )
     project: str = Field("rl", description="W&B project.")
     progress: bool = Field(True, description="Show a progress bar.")
+    completions_every: int = Field(
+        1, ge=0, description="Every this many steps, write every sample of the step to RUN/completions.jsonl and log a "
+        "W&B table of some of them (0: never)."
+    )
+    completions_per_step: int | None = Field(
+        None, ge=0, description="Rows of the W&B completions table per logged step, whole groups only (0: no table; "
+        "null: 16, or one group where rollout.samples_per_prompt is larger)."
+    )
 
 
 class Config(Section):
@@ -524,6 +532,14 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _check_completions_table(self) -> Config:
+        rows, group = self.logging.completions_per_step, self.rollout.samples_per_prompt
+        if rows is not None and 0 < rows < group:  # the table keeps whole groups: a smaller limit would leave it empty
+            raise ValueError(f"logging.completions_per_step={rows} is below rollout.samples_per_prompt={group}; the table "
+                             f"keeps whole groups, so set it to at least {group} (or 0 for no table)")
+        return self
+
+    @model_validator(mode="after")
     def _check_batch(self) -> Config:
         batch = self.rollout.prompts_per_step * self.rollout.samples_per_prompt
         if not self.train.packing and batch % self.train.micro_batch_size:
@@ -532,6 +548,12 @@ class Config(Section):
                 f"rollout.prompts_per_step x rollout.samples_per_prompt = {batch}"
             )
         return self
+
+
+def completions_table_rows(config: Config) -> int:
+    """The W&B completions table's row limit per logged step (logging.completions_per_step, null: 16 or one group)."""
+    rows = config.logging.completions_per_step
+    return max(16, config.rollout.samples_per_prompt) if rows is None else rows
 
 
 class ConfigError(ValueError):

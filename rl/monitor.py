@@ -1,12 +1,13 @@
 """Where metrics go: RUN/metrics.jsonl (always), W&B (online with a key, offline otherwise),
-a progress bar, and PNG plots of the curves at the end of a run.
+a progress bar, and PNG plots of the curves at the end of a run. Sampled completions go to
+RUN/completions.jsonl and, some whole groups of them, to a W&B table `completions` (rl.completions_table).
 
 Metrics are computed elsewhere and handed in as flat dicts with namespaced keys.
 
 W&B after a resume: every start of a run folder is a new W&B run, in the group named after the
 folder and with the folder's name. A resumed start first replays RUN/metrics.jsonl (already cut
 back to the checkpoint's step) into its new W&B run, so that run holds every step once, with the
-values metrics.jsonl has. Re-logging into the old run cannot work: W&B ignores steps that do not
+values metrics.jsonl has, and the completions tables of the steps completions.jsonl holds. Re-logging into the old run cannot work: W&B ignores steps that do not
 increase, and an offline run that was killed never wrote its last unflushed steps.
 """
 
@@ -20,8 +21,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from rl.config import Config
+from rl.completions_table import table_columns, table_data, table_rows
+from rl.config import Config, completions_table_rows
 from rl.console import console, say
+
+COMPLETIONS_FILE = "completions.jsonl"
 
 
 class Monitor:
@@ -34,10 +38,12 @@ class Monitor:
         self.history: list[dict[str, Any]] = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
             if metrics_path.is_file() else []
         self.metrics_file = metrics_path.open("a")
+        self.completions_file = (run_dir / COMPLETIONS_FILE).open("a")
+        self.table_limit = completions_table_rows(config)
         resumed = {"resumed_from": resumed_from, "resumed_at_step": initial_step} if initial_step > 0 else {}
         self.wandb_run = start_wandb(config, run_dir, resumed)
         if self.wandb_run is not None:
-            replay(self.wandb_run, self.history)
+            replay(self.wandb_run, self.history, completions_by_step(run_dir / COMPLETIONS_FILE), self.table_limit)
         self.progress = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
                              disable=not config.logging.progress, dynamic_ncols=True, file=console(err=True))
 
@@ -53,6 +59,15 @@ class Monitor:
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
+    def log_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Every row to completions.jsonl; whole groups of them (logging.completions_per_step rows) to W&B's table.
+        Called before the step's metrics line: W&B merges the table into that step's row."""
+        self.completions_file.write("".join(json.dumps(row) + "\n" for row in rows))
+        self.completions_file.flush()
+        table = completions_table(rows, self.table_limit) if self.wandb_run is not None else None
+        if table is not None:
+            self.wandb_run.log({"completions": table}, step=step, commit=False)
+
     def advance(self, metrics: dict[str, Any]) -> None:
         shown = {"reward": metrics.get("rollout/reward_mean"), "acc": metrics.get("rollout/accuracy")}
         self.progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
@@ -66,6 +81,7 @@ class Monitor:
     def close(self) -> None:
         self.progress.close()
         self.metrics_file.close()
+        self.completions_file.close()
         plot_curves(self.history, self.run_dir / "curves.png")
         plot_curriculum(self.history, self.run_dir / "curriculum.png")
         if self.wandb_run is not None:
@@ -112,10 +128,37 @@ def start_wandb(config: Config, run_dir: Path, resumed: dict[str, Any]):
     )
 
 
-def replay(wandb_run, history: list[dict[str, Any]]) -> None:
-    """Log the steps metrics.jsonl already holds (a resume: those up to the checkpoint) into a new W&B run."""
+def replay(wandb_run, history: list[dict[str, Any]], completions: dict[int, list[dict[str, Any]]], limit: int) -> None:
+    """Log the steps metrics.jsonl already holds (a resume: those up to the checkpoint) into a new W&B run,
+    with the completions tables of those steps."""
     for record in history:
-        wandb_run.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=record["step"])
+        metrics = {k: v for k, v in record.items() if k not in ("step", "time")}
+        table = completions_table(completions.get(record["step"], []), limit)
+        wandb_run.log({**metrics, **({"completions": table} if table is not None else {})}, step=record["step"])
+
+
+def completions_table(rows: list[dict[str, Any]], limit: int):
+    """The W&B table of whole groups of `rows` (at most `limit` rows); None when it would be empty."""
+    shown = table_rows(rows, limit)
+    if not shown:
+        return None
+    import wandb
+
+    columns = table_columns(shown)
+    return wandb.Table(columns=columns, data=table_data(shown, columns))
+
+
+def completions_by_step(path: Path) -> dict[int, list[dict[str, Any]]]:
+    """completions.jsonl's rows by step (a torn last line, from a killed learner, left out)."""
+    steps: dict[int, list[dict[str, Any]]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            steps.setdefault(row["step"], []).append(row)
+    return steps
 
 
 PLOTTED = [

@@ -237,6 +237,8 @@ class RolloutTimings(BaseModel):
     generate_seconds: FiniteFloat = Field(ge=0, description="Inside the engine's generate call.")
     score_seconds: FiniteFloat = Field(ge=0, description="Scoring the completions with the reward pool.")
     worker_seconds: FiniteFloat = Field(ge=0, description="From the Tasks message read to the Samples message ready.")
+    peak_rss_bytes: Count | None = Field(None, description="The worker process's peak RSS so far (None: not given).")
+    gpu_peak_bytes: Count | None = Field(None, description="The most GPU memory its PyTorch held so far (None: no GPU).")
 
 
 class Samples(Message):

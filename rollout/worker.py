@@ -16,6 +16,7 @@ import numpy as np
 
 from rewards.pool import RewardPool
 from rl.config import RolloutConfig
+from rl.memory import gpu_peak_bytes, peak_rss_bytes
 from rl.process_env import DISTRIBUTED_ENV
 from rl.transport import WorkerEndpoint
 from rl.wire import (
@@ -206,7 +207,8 @@ class RolloutWorker:
         )
         frames = batch.frames()
         timings = RolloutTimings(generate_seconds=batch.generate_seconds, score_seconds=batch.score_seconds,
-                                 worker_seconds=time.perf_counter() - started)
+                                 worker_seconds=time.perf_counter() - started, peak_rss_bytes=peak_rss_bytes(),
+                                 gpu_peak_bytes=gpu_peak_bytes())
         tokens = len(batch.completion_ids)
         log.info("worker %d: request %d: %d prompts, %d tokens; generate %.2f s (%.1f tokens/s), score %.2f s, in all %.2f s",
                  self.worker_id, request.request_id, len(request.tasks), tokens, timings.generate_seconds,

@@ -160,6 +160,11 @@ def test_ppo_step_trains_policy_and_critic_and_the_critic_learns_the_returns(tin
     assert losses[-1] < 0.5 * losses[0]
     metrics = train_step(engine, batch, settings, critic=critic)
     assert 0 < metrics["critic/value_mean"] <= 1.5 and metrics["critic/return_mean"] == pytest.approx(1.0)
+    # every return is 1: explained variance is undefined, so it is absent; the whitened advantages span both signs
+    assert "critic/explained_variance" not in metrics
+    assert metrics["advantage/min"] < 0 < metrics["advantage/max"] and metrics["advantage/mean"] == pytest.approx(0.0, abs=1e-6)
+    varied = train_step(engine, samples(score=None), settings, critic=critic)  # returns 0 and 1: the critic explains some
+    assert -10 < varied["critic/explained_variance"] <= 1.0
 
 
 def test_several_updates_per_batch_make_the_ratio_and_clipping_bite(tiny_model_dir):
@@ -167,8 +172,12 @@ def test_several_updates_per_batch_make_the_ratio_and_clipping_bite(tiny_model_d
     batch = samples()
     one = train_step(engine, batch, StepSettings())
     assert one["train/clip_frac"] == 0.0 and one["train/updates"] == 1.0  # ratio 1 with one update
+    assert "train/approx_kl" not in one  # old = new policy by construction: nothing to measure
     many = train_step(engine, batch, StepSettings(epochs=2, mini_batches=2, clip_low=0.01, clip_high=0.01))
     assert many["train/updates"] == 4.0 and many["train/clip_frac"] > 0  # later updates see a moved policy
+    assert many["train/approx_kl"] > 0  # ... and so moved away from the old one
+    for metrics in (one, many):  # the phases of the step, this rank's wall time
+        assert all(metrics[f"time/{phase}_seconds"] > 0 for phase in ("no_grad", "forward_backward", "optimizer"))
 
 
 def test_entropy_bonus_and_kl_estimators_in_a_step(tiny_model_dir):
@@ -182,6 +191,14 @@ def test_entropy_bonus_and_kl_estimators_in_a_step(tiny_model_dir):
     assert metrics["loss/entropy"] == pytest.approx(0.01 * metrics["train/entropy"], rel=1e-5)
     assert metrics["train/kl"] == pytest.approx(0.0, abs=1e-6)  # same weights as the reference before the update
     assert metrics["loss/total"] == pytest.approx(metrics["loss/pg"] + metrics["loss/kl"] - metrics["loss/entropy"], abs=1e-6)
+
+
+def test_entropy_is_logged_without_the_bonus_and_equals_the_bonus_entropy(tiny_model_dir):
+    batch = samples()
+    plain = train_step(engine_for(tiny_model_dir), batch, StepSettings())  # same initial weights, same batch
+    bonus = train_step(engine_for(tiny_model_dir), batch, StepSettings(entropy_coef=0.01))
+    assert plain["train/entropy"] == pytest.approx(bonus["train/entropy"], rel=1e-6)
+    assert plain["loss/entropy"] == 0.0 and plain["loss/total"] == pytest.approx(plain["loss/pg"], abs=1e-7)
 
 
 def test_truncated_importance_weights_follow_the_sampler_gap(tiny_model_dir):

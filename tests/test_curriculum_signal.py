@@ -12,7 +12,7 @@ from envs.source import SourceError, check_run_inputs
 from learner.collect import SubmittedStep, collect_step, with_advantages
 from learner.curriculum_signal import curriculum_signal, normalised_abs_advantages
 from rl.config import ConfigError, load_config
-from rl.coordinator import Trajectory
+from rl.coordinator import RolloutJob, Trajectory
 from rl.curriculum import UCBCurriculum, make_curriculum
 from rl.wire import SampleMeta
 
@@ -132,7 +132,7 @@ def test_collect_step_feeds_the_curriculum_its_own_signal(overrides, expected):
     config = load_config(QUICKSTART, overrides)
     coordinator = SimpleNamespace(collect=lambda job: list(SAMPLES))
     source = SimpleNamespace(curriculum=RecordingCurriculum())
-    submitted = SubmittedStep(SimpleNamespace(generate_seconds=0.0), source.curriculum.weights(), 0.0)
+    submitted = SubmittedStep(RolloutJob("train", 0), source.curriculum.weights(), 0.0)
     collect_step(coordinator, source, config, step=1, version=0, submitted=submitted)
     assert_signal(source.curriculum.observed, expected)
 

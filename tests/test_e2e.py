@@ -1,6 +1,7 @@
 """The real loop on a tiny model: `rl train` -> learner (DeepSpeed) + vLLM workers over ZeroMQ."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -126,6 +127,48 @@ def check_run(run_dir: Path, workers: int, kl_and_clipping: bool = False) -> Non
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run was written"
 
 
+COMPLETION_KEYS = {"step", "group", "distribution", "task_id", "prompt", "completion", "reward", "reward_components", "advantage",
+                   "correct", "length", "finish_reason", "policy_version", "worker"}
+DIAGNOSTICS = ["train/entropy", "groups/zero_spread_frac", "advantage/min", "advantage/mean", "advantage/max",
+               "rollout/response_len_wrong", "time/rollout_wait_seconds", "time/no_grad_seconds",
+               "time/forward_backward_seconds", "time/optimizer_seconds", "time/publish_seconds", "time/eval_seconds",
+               "time/checkpoint_seconds", "time/step_seconds", "memory/learner_peak_rss_gib", "memory/worker0_peak_rss_gib"]
+
+
+def check_monitoring(run_dir: Path, samples_per_step: int, approx_kl: bool, vocab_size: int) -> None:
+    """The diagnostics in metrics.jsonl; every sample of every step in completions.jsonl; the W&B table of them."""
+    from tests.wandb_history import wandb_tables
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for key in DIAGNOSTICS + (["train/approx_kl"] if approx_kl else []):
+        assert all(key in r for r in records), key
+    assert all(0 < r["train/entropy"] <= math.log(vocab_size) + 1e-3 for r in records)  # at most a uniform policy's
+    assert all(0.0 <= r["groups/zero_spread_frac"] <= 1.0 for r in records)
+    assert all(r["advantage/min"] <= r["advantage/mean"] <= r["advantage/max"] for r in records)
+    assert all(r["memory/learner_peak_rss_gib"] > 0.1 and r["memory/worker0_peak_rss_gib"] > 0.1 for r in records)
+    rows = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [s for s in (1, 2) for _ in range(samples_per_step)]
+    assert all(COMPLETION_KEYS <= set(r) for r in rows)
+    for step in (1, 2):
+        groups = [r["group"] for r in rows if r["step"] == step]
+        assert groups == sorted(groups), "a group's samples must be consecutive"
+    splits = json.loads((run_dir / "tasks.json").read_text())
+    tasks = {t["task_id"]: t for tasks_of in splits["train"].values() for t in tasks_of}
+    for r in rows:  # the question as the env wrote it (the task's last user message), not the chat template
+        assert r["prompt"] == [m for m in tasks[r["task_id"]]["messages"] if m["role"] == "user"][-1]["content"]
+        assert "<|im_start|>" not in r["prompt"]
+    folder = (run_dir / "wandb" / "latest-run").resolve()
+    tables = wandb_tables(folder, "completions")
+    assert sorted(tables) == [1, 2], "the W&B run holds no completions table per step"
+    components = sorted({f"reward/{name}" for r in rows for name in r["reward_components"]})
+    for step, table in tables.items():
+        assert table["columns"] == ["step", "distribution", "prompt", "completion", "reward", *components, "advantage",
+                                    "correct", "length", "finish_reason", "policy_version", "worker"]
+        step_rows = [r for r in rows if r["step"] == step]  # 16 rows allowed: the whole step, in step order
+        assert [row[3] for row in table["data"]] == [r["completion"] for r in step_rows]
+        assert [row[0] for row in table["data"]] == [step] * len(step_rows)
+
+
 def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
     """Also: two sources in one run (arithmetic + Knights and Knaves, each with its own reward set), eval every step."""
     kk_rewards = f"[{{name: knights_knaves}}, {{name: format, weight: 0.5}}, {{name: '{REPO / 'tests' / 'rewards_misbehaving.py'}:raises', weight: 0.0}}]"
@@ -138,6 +181,8 @@ def test_train_two_steps_weights_reach_the_worker(tmp_path, tiny_model_dir):
     assert result.stdout.startswith("[rl] plan (")  # the log starts with the placement plan
     run_dir = run_dir_of(tmp_path)
     check_run(run_dir, workers=1, kl_and_clipping=True)
+    vocab_size = json.loads((Path(tiny_model_dir) / "config.json").read_text())["vocab_size"]
+    check_monitoring(run_dir, samples_per_step=2 * 2, approx_kl=True, vocab_size=vocab_size)
     initial = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     final = load_file(str(run_dir / "final" / "model.safetensors"))
     assert any(not torch.equal(initial[k], final[k]) for k in final), "training did not change the weights"
@@ -327,6 +372,10 @@ def test_resume_sees_the_same_tasks_and_ends_with_the_same_weights(tmp_path, tin
             assert a[f"curriculum/{name}/probability"] == pytest.approx(b[f"curriculum/{name}/probability"], abs=1e-9)
             assert a[f"curriculum/{name}/count"] == b[f"curriculum/{name}/count"]
     assert (halves / "curriculum.png").is_file()
+    completions = lambda run: [(r["step"], r["task_id"], r["completion"]) for r in
+                               map(json.loads, (run / "completions.jsonl").read_text().splitlines())]
+    assert [c[0] for c in completions(halves)] == [s for s in (1, 2, 3, 4) for _ in range(4)]  # every step's samples once
+    assert completions(halves) == completions(straight)
     first = load_file(str(straight / "final" / "model.safetensors"))
     second = load_file(str(halves / "final" / "model.safetensors"))
     for name, tensor in first.items():

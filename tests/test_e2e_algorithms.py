@@ -40,6 +40,7 @@ def test_ppo_trains_policy_and_critic_and_checkpoints_both(tmp_path, tiny_model_
     for r in records:
         assert r["loss/value"] > 0 and "critic/value_mean" in r and "critic/return_mean" in r
         assert r["loss/kl"] == 0.0  # the KL shapes the rewards, it is not a loss term
+        assert r["critic/explained_variance"] <= 1.0 and r["advantage/min"] < r["advantage/max"]  # PPO's token advantages
     # step 1 trains the reference's own weights; step 2 a policy that step 1 moved away from it
     assert records[0]["train/kl"] == pytest.approx(0.0, abs=1e-6) and records[1]["train/kl"] > 1e-6
     assert records[1]["critic/value_mean"] != 0.0  # the value head started at 0 and was trained
@@ -58,6 +59,11 @@ def test_dapo_with_dynamic_sampling_and_async_rollouts(tmp_path, tiny_model_dir)
     # add_1d groups all score 0: dynamic sampling drops them and samples more until 2 groups carry signal
     assert all(r["rollout/groups_trained"] == 2 for r in records)
     assert sum(r["rollout/groups_generated"] for r in records) > 6 and max(r["rollout/dynamic_sampling_rounds"] for r in records) > 1
+    assert all(r["groups/add_1d/zero_spread_frac"] == 1.0 for r in records if "groups/add_1d/zero_spread_frac" in r)
+    # completions.jsonl: every generated sample, the groups dynamic sampling dropped included (not trained)
+    rows = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * sum(r["rollout/groups_generated"] for r in records)
+    assert sum(r["trained"] for r in rows) == 3 * 2 * 2 and not any(r["trained"] for r in rows if r["distribution"] == "add_1d")
     audit = [json.loads(line) for line in (run_dir / "trained_samples.jsonl").read_text().splitlines()]
     trained_tasks = [task for step in audit for task in step["task_ids"]]
     assert trained_tasks and all(task.startswith("add_2d/") for task in trained_tasks)

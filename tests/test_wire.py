@@ -22,9 +22,9 @@ def roundtrip(message, frames=()):
 def test_samples_roundtrip_slices_arrays_per_sample():
     metas = [sample_meta(0, 3, 2), sample_meta(1, 3, 1)]
     frames = [np.array([1, 2, 3, 1, 2, 3], np.int32), np.array([7, 8, 9], np.int32), np.array([-0.5, -1.0, -2.0], np.float32)]
-    timings = RolloutTimings(generate_seconds=1.5, score_seconds=0.25, worker_seconds=2.0)
+    timings = RolloutTimings(generate_seconds=1.5, score_seconds=0.25, worker_seconds=2.0, peak_rss_bytes=3 << 30)
     message, payload = roundtrip(Samples(request_id=4, purpose="train", worker_id=0, samples=metas, timings=timings), frames)
-    assert message.timings == timings
+    assert message.timings == timings and message.timings.gpu_peak_bytes is None
     trajectories = unpack_samples(message, payload)
     assert [t.completion_ids.tolist() for t in trajectories] == [[7, 8], [9]]
     assert trajectories[1].rollout_logprobs.tolist() == [-2.0]
@@ -100,3 +100,12 @@ def test_live_endpoints_skip_garbage_and_keep_working():
     finally:
         worker.close()
         learner.close()
+
+
+@pytest.mark.parametrize("memory", [{"peak_rss_bytes": -1}, {"peak_rss_bytes": 1.5}, {"gpu_peak_bytes": "big"},
+                                    {"peak_rss_bytes": 1 << 63}])
+def test_a_workers_memory_report_must_be_a_byte_count(memory):
+    header = {"kind": "samples", "schema": 1, "request_id": 0, "purpose": "train", "worker_id": 0, "samples": [],
+              "timings": {"generate_seconds": 1.0, "score_seconds": 0.0, "worker_seconds": 1.0, **memory}}
+    with pytest.raises(WireError, match="timings"):
+        decode([msgpack.packb(header), b"", b"", b""])

@@ -27,14 +27,34 @@ def wandb_records(run_folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
+def history_items(run_folder: Path) -> list[dict[str, Any]]:
+    """Each logged step's row as the .wandb file holds it (a media value such as a table flattened to `KEY.field`s)."""
+    return [record["history"]["item"] for record in wandb_records(run_folder) if record.get("type") == "history"]
+
+
+def media_keys(item: dict[str, Any]) -> set[str]:
+    """The keys of a history row that hold media (tables, images): those with a `KEY._type` field."""
+    return {k.removesuffix("._type") for k in item if k.endswith("._type")}
+
+
 def wandb_history(run_folder: Path) -> list[dict[str, Any]]:
-    """The run's logged steps: {"step": N, **metrics}, W&B's own keys (_step, _runtime, ...) left out."""
+    """The run's logged steps: {"step": N, **metrics}, W&B's own keys (_step, _runtime, ...) and media left out."""
     rows = []
-    for record in wandb_records(run_folder):
-        if record.get("type") == "history":
-            item = record["history"]["item"]
-            rows.append({"step": item["_step"], **{k: v for k, v in item.items() if not k.startswith("_")}})
+    for item in history_items(run_folder):
+        media = media_keys(item)
+        rows.append({"step": item["_step"], **{k: v for k, v in item.items()
+                                               if not k.startswith("_") and k.split(".", 1)[0] not in media}})
     return rows
+
+
+def wandb_tables(run_folder: Path, key: str) -> dict[int, dict[str, Any]]:
+    """Step -> the table logged under `key` that step ({"columns": [...], "data": [[...], ...]}), read from the
+    file the history row points at (files/media/table/...)."""
+    tables = {}
+    for item in history_items(run_folder):
+        if item.get(f"{key}._type") == "table-file":
+            tables[item["_step"]] = json.loads((run_folder / "files" / item[f"{key}.path"]).read_text())
+    return tables
 
 
 def wandb_run_record(run_folder: Path) -> dict[str, Any]:
