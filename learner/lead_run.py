@@ -88,7 +88,7 @@ def open_lead_run(trainer: Trainer, ranks: Ranks, stop: StopSignals, run_dir: Pa
     (run_dir / "learner_address").write_text(endpoint.address)
     log.info("learner listening on %s (%s; messages up to %.0f MiB, %d queued per connection); %d learner rank(s), "
              "ZeRO stage %d", endpoint.address, endpoint.security_description, limits.max_message_bytes / 2**20,
-             limits.receive_hwm, world_size(), config.train.zero_stage)
+             limits.receive_hwm, world_size(), engine.zero_optimization_stage())  # the stage it runs (rl.devices.effective_zero_stage)
 
     monitor = Monitor(config, run_dir, config.train.steps, initial_step=progress.last_step,
                       resumed_from=progress.wandb_id)
