@@ -144,7 +144,11 @@ class Inbox:
         while not self.stopping.wait(interval_s):
             if self.lock.acquire(blocking=False):
                 try:
+                    if self.socket.closed:  # closed without `stop` (a caller that closed the socket itself)
+                        return
                     self.read_arrived()
+                except zmq.ZMQError:  # closed, or its context terminated, under the pump: nothing left to read
+                    return
                 finally:
                     self.lock.release()
 
