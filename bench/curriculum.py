@@ -33,24 +33,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for bench.support
 
+from bench.support import grid  # noqa: E402
 from bench.support.curriculum_plots import plot_accuracy, plot_probabilities  # noqa: E402
 from bench.support.curriculum_report import (  # noqa: E402
     Budget,
-    add_seconds,
     finished_run,
     headline,
     markdown_tables,
     read_run,
-    read_seconds,
-    resumable_run,
     slot_dir,
     summarize_arm,
 )
@@ -72,75 +67,20 @@ def train_overrides(arm: str, seed: int, budget: Budget, slot: Path, mixture: li
     ]
 
 
-def run_slot(arm: str, seed: int, budget: Budget, runs_dir: Path, mixture: list[str], extra: list[str]) -> tuple[str, float]:
-    """Start or resume one (arm, seed) run with `rl train`; its output goes to SLOT/train.log."""
-    slot = slot_dir(runs_dir, arm, seed)
-    slot.mkdir(parents=True, exist_ok=True)
-    resume = resumable_run(slot, budget)
-    if resume is not None:
-        command, how = [sys.executable, "-m", "rl.cli", "train", "--resume", str(resume)], f"resumed {resume.name}"
-    else:
-        command = [sys.executable, "-m", "rl.cli", "train", str(BASE_CONFIG),
-                   *train_overrides(arm, seed, budget, slot, mixture), *extra]
-        how = "started"
-    start = time.perf_counter()
-    with (slot / "train.log").open("a") as log:
-        log.write(f"\n$ {' '.join(command)}\n")
-        log.flush()
-        code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-    seconds = time.perf_counter() - start
-    add_seconds(slot, seconds)
-    if code != 0 or finished_run(slot, budget) is None:
-        tail = (slot / "train.log").read_text()[-3000:]
-        raise SystemExit(f"{arm} seed {seed}: `rl train` exited with {code} without a finished run; log {slot / 'train.log'}:\n"
-                         f"{tail}\nfix the cause and run the bench again: finished runs are kept, this one resumes")
-    return how, seconds
-
-
-def clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{seconds / 60:.1f} min"
+def new_command(arm: str, seed: int, slot: Path, budget: Budget, mixture: list[str], extra: list[str]) -> list[str]:
+    """The `rl train` command of a fresh (arm, seed) run."""
+    return [sys.executable, "-m", "rl.cli", "train", str(BASE_CONFIG), *train_overrides(arm, seed, budget, slot, mixture), *extra]
 
 
 def selected_slots(only: list[str], seeds: list[int]) -> list[tuple[str, int]]:
-    slots = [(arm, seed) for seed in seeds for arm in ARMS]  # seed-major: every arm has a seed before any has two
-    if not only:
-        return slots
-    chosen = []
-    for item in only:
-        arm, _, seed = item.partition(":")
-        if arm not in ARMS or (seed and not seed.isdigit()):
-            raise SystemExit(f"--only {item!r}: use ARM or ARM:SEED with ARM one of {list(ARMS)}")
-        matched = [s for s in slots if s[0] == arm and (not seed or s[1] == int(seed))]
-        if not matched:
-            raise SystemExit(f"--only {item!r}: seed {seed} is not among --seeds {','.join(map(str, seeds))}")
-        chosen += [s for s in matched if s not in chosen]
-    return chosen
+    return grid.selected_slots(list(ARMS), only, seeds)
 
 
 def run_grid(slots: list[tuple[str, int]], budget: Budget, runs_dir: Path, mixture: list[str], extra: list[str],
              keep_checkpoints: bool) -> None:
-    start = time.perf_counter()
-    todo = [s for s in slots if finished_run(slot_dir(runs_dir, *s), budget) is None]
-    known = [t for t in (read_seconds(slot_dir(runs_dir, *s)) for s in slots if s not in todo) if t]
-    print(f"[bench] {len(slots)} runs selected, {len(slots) - len(todo)} finished earlier, {len(todo)} to run "
-          f"({budget.steps} steps, eval every {budget.eval_every} on {budget.test_size} tasks; mixture {', '.join(mixture)})", flush=True)
-    done_now: list[float] = []
-    for index, (arm, seed) in enumerate(slots, 1):
-        slot = slot_dir(runs_dir, arm, seed)
-        if (arm, seed) not in todo:
-            print(f"[{index}/{len(slots)}] {arm} seed {seed}: finished earlier ({finished_run(slot, budget).name})", flush=True)
-            continue
-        how, seconds = run_slot(arm, seed, budget, runs_dir, mixture, extra)
-        done_now.append(seconds)
-        if not keep_checkpoints:  # the report needs metrics, evaluations and final/; a checkpoint is 2.5 GiB
-            shutil.rmtree(finished_run(slot, budget) / "checkpoints", ignore_errors=True)
-        per_run = sum(done_now + known) / len(done_now + known)
-        left = len(todo) - len(done_now)
-        print(f"[{index}/{len(slots)}] {arm} seed {seed}: {how}, finished in {clock(seconds)} | elapsed "
-              f"{clock(time.perf_counter() - start)} | ETA {clock(per_run * left) if left else 'done'}", flush=True)
+    """The unfinished slots, one `rl train` each (bench/support/grid.py); output in SLOT/train.log."""
+    grid.run_grid(slots, budget, runs_dir, lambda arm, seed, slot: new_command(arm, seed, slot, budget, mixture, extra),
+                  REPO, keep_checkpoints)
 
 
 def report(runs_dir: Path, budget: Budget, mixture: list[str], seeds: list[int]) -> dict:

@@ -13,6 +13,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import bench.support.curriculum_report as report  # noqa: E402
+import bench.support.grid as grid  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("bench_curriculum", BENCH / "curriculum.py")
 bench = importlib.util.module_from_spec(spec)
@@ -102,12 +103,12 @@ def test_the_grid_runs_only_unfinished_slots(tmp_path, monkeypatch, capsys):
         report.add_seconds(report.slot_dir(runs, arm, 0), 600.0)
     started = []
 
-    def run_slot(arm, seed, budget, runs_dir, mixture, extra):
+    def run_slot(arm, seed, budget, runs_dir, new_command, repo):
         started.append((arm, seed))
         fake_run(report.slot_dir(runs_dir, arm, seed), "20261201-130000", CURVE)
         return "started", 900.0
 
-    monkeypatch.setattr(bench, "run_slot", run_slot)
+    monkeypatch.setattr(grid, "run_slot", run_slot)
     bench.run_grid(bench.selected_slots([], [0, 1]), BUDGET, runs, MIXTURE, [], keep_checkpoints=False)
     assert started == [("uniform", 1), ("ucb", 1), ("ucb_correctness", 1)]  # seed 0 was finished
     out = capsys.readouterr().out
