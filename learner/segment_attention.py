@@ -116,7 +116,10 @@ def segment_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
 def register_segment_attention() -> None:
     """Make `rl_segments` a transformers attention implementation (its masks, for the padded layout, are sdpa's)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+    )
 
     AttentionInterface.register(SEGMENT_ATTENTION, segment_attention_forward)
     AttentionMaskInterface.register(SEGMENT_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])

@@ -17,7 +17,12 @@ from learner.critic import ValueModel
 from learner.logprobs import completion_logprobs
 from learner.plan import Layout, epoch_plans
 from learner.segment_attention import SEGMENT_ATTENTION, use_segment_attention
-from learner.step import StepSettings, critic_micro_batch_loss, policy_micro_batch_loss, prepare
+from learner.step import (
+    StepSettings,
+    critic_micro_batch_loss,
+    policy_micro_batch_loss,
+    prepare,
+)
 
 # The presets' settings (rl/config.py ALGORITHM_PRESETS) with a KL term, the entropy bonus and
 # truncated importance sampling switched on, so that every term of the loss is exercised.
