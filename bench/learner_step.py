@@ -1,14 +1,17 @@
 """One GRPO optimizer step on the default model: the packed learner against the padded one it replaced.
 
 value:     `learner.step.train_step` with the packed layout (the default): each group's prompt once,
-           groups packed into rows of `train.max_tokens_per_micro_batch` tokens, the LM head only
-           where a completion token is predicted.
+           groups packed into rows of `train.max_tokens_per_micro_batch` tokens, segment attention
+           (SDPA per prompt and per chunk of completions), the LM head only where a completion
+           token is predicted.
 reference: the padded path as it was before: one right-padded row per sample, micro-batches of 8,
            the LM head and log-softmax on every position.
 Both: the same DeepSpeed engine (one fp32 rank: no ZeRO, torch AdamW), the same batch, GRPO's
 token-mean loss with one update per batch. Each path runs in its own subprocess, so each peak RSS
 is its own. On the first shape a third run, `padded, ZeRO-1`, is the learner as it was before
-both changes (ZeRO-1's second weight copy on one rank too): its time and peak are printed as well.
+both changes (ZeRO-1's second weight copy on one rank too): its time and peak are printed as well,
+and so are those of `packed-masked`, the packed layout with SDPA over each whole row under its
+(1, 1, L, L) mask, as it ran before segment attention (`learner/segment_attention.py`).
 
 Shapes (prompts x samples per prompt, prompt tokens, completion tokens):
 - quickstart: 8 x 4, ~130, 10-40 (the last JSON line);
@@ -83,6 +86,7 @@ def peak_memory_mib(device: str) -> float:
 def measure(path: str, shape: str, repeats: int, device: str, model: str, max_tokens: int) -> dict:
     """Time `repeats` steps after a warm-up step of one path on one shape, in this process."""
     from learner.engine import init_distributed
+    from learner.plan import choose_layout
     from learner.step import StepSettings, train_step
     from rl.models import resolve_model
 
@@ -93,12 +97,15 @@ def measure(path: str, shape: str, repeats: int, device: str, model: str, max_to
         use_full_head()
     if path == "padded-zero1":  # the engine as it was: ZeRO-1 even on one fp32 rank
         learner.engine.effective_zero_stage = lambda zero_stage, world_size, dtype: zero_stage
-    layout = Layout(packing=True, max_tokens_per_micro_batch=max_tokens) if path == "packed" else Layout(packing=False, micro_batch_size=8)
+    packed = path.startswith("packed")
+    layout = Layout(packing=True, max_tokens_per_micro_batch=max_tokens) if packed else Layout(packing=False, micro_batch_size=8)
     init_distributed()
     engine = learner.engine.build_policy_engine(
         str(resolve_model(model)), lr=1e-6, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, total_steps=10,
         zero_stage=1, micro_batch_size=8, grad_accum_steps=4, grad_clip=1.0, dtype="float32", seed=0,
     )
+    if path == "packed":  # as the learner sets it up: its sdpa model switched to segment attention
+        layout = choose_layout(layout, {"policy": engine})
     samples = shape_samples(shape)
     memory_before = peak_memory_mib(device)
     times = []
@@ -132,7 +139,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--max-tokens", type=int, default=Layout().max_tokens_per_micro_batch)
-    parser.add_argument("--worker", choices=["packed", "padded", "padded-zero1"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["packed", "packed-masked", "padded", "padded-zero1"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(measure(args.worker, args.shapes, args.repeats, args.device, args.model, args.max_tokens)))
@@ -153,6 +160,10 @@ def main() -> None:
     print(f"{shapes[0]:>10}: padded with ZeRO-1 (the learner before both changes) {before['seconds']:.2f} s, peak "
           f"{before['peak_mib']:.0f} MiB | packed against it: speed-up {before['seconds'] / packed['seconds']:.2f}x, "
           f"memory {packed['peak_mib'] / before['peak_mib']:.2f}x (runs {[round(t, 2) for t in before['times']]})", flush=True)
+    masked = run_in_subprocess("packed-masked", shapes[0], args)
+    print(f"{shapes[0]:>10}: packed with SDPA over the whole row and its 4D mask (before segment attention) "
+          f"{masked['seconds']:.2f} s, peak {masked['peak_mib']:.0f} MiB | segment attention against it: speed-up "
+          f"{masked['seconds'] / packed['seconds']:.2f}x (runs {[round(t, 2) for t in masked['times']]})", flush=True)
     print(f"runs: " + "; ".join(f"{s} packed {[round(t, 2) for t in p['times']]} padded {[round(t, 2) for t in q['times']]}"
                                  for s, (p, q) in results.items()))
     print(f"benchmark took {time.perf_counter() - started:.0f} s")

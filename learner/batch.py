@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from learner.segment_attention import Segments, build_segments
+
 
 @dataclass
 class TrainSample:
@@ -50,6 +52,7 @@ class MicroBatch:
     scores: Tensor  # (B,) float, each sequence's reward
     packed: bool
     sample_index: list[int]  # position of each of the B samples in the list the micro-batch was built from
+    segments: Segments | None = None  # packed: the row's prompt and completion spans (learner.segment_attention)
 
     @property
     def num_loss_tokens(self) -> int:
@@ -129,6 +132,7 @@ def collate_packed(groups: list[list[TrainSample]], sample_index: list[int] | No
     part_of: list[int] = []  # 0 for a prompt token, k for completion k (1-based)
     sources: list[int] = []
     samples: list[TrainSample] = []
+    spans: list[tuple[int, int, list[int]]] = []  # (start, prompt length, completion lengths) of each group
     for g, group in enumerate(groups):
         prompt = group[0].prompt_ids
         for s in group:
@@ -136,6 +140,7 @@ def collate_packed(groups: list[list[TrainSample]], sample_index: list[int] | No
             if s.prompt_ids != prompt:
                 raise ValueError("collate_packed: the samples of a group must share one prompt")
         last_prompt_position = len(tokens) + len(prompt) - 1
+        spans.append((len(tokens), len(prompt), [len(s.completion_ids) for s in group]))
         tokens += prompt
         positions += range(len(prompt))
         group_of += [g] * len(prompt)
@@ -155,6 +160,7 @@ def collate_packed(groups: list[list[TrainSample]], sample_index: list[int] | No
         position_ids=torch.tensor([positions], dtype=torch.long),
         packed=True,
         sample_index=sample_index or list(range(len(samples))),
+        segments=build_segments(spans, len(tokens)),
         **completion_grid(samples, sources),
     )
 

@@ -24,11 +24,11 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None,
-                source_positions: Tensor | None = None) -> Tensor:
+                source_positions: Tensor | None = None, **attention_kwargs) -> Tensor:
         """(R, L) values, column t being V of the prefix through token t (the state before token t+1); with
         `source_positions`, only the (N,) values at those flattened positions: the head runs on nothing else."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state
+                               use_cache=False, **attention_kwargs).last_hidden_state  # e.g. `segments`
         if source_positions is not None:
             hidden = hidden.reshape(-1, hidden.shape[-1])[source_positions]  # (N, H)
         return self.value_head(hidden).squeeze(-1).float()

@@ -17,9 +17,11 @@ import torch
 from torch import Tensor
 
 from learner.batch import MicroBatch
+from learner.segment_attention import SEGMENT_ATTENTION
 
-# Attention implementations that take an arbitrary (1, 1, L, L) mask, and the mask's form for each.
-MASKED_ATTENTION = {"sdpa": "bool", "eager": "additive"}
+# Attention implementations that can run the packed layout, and the (1, 1, L, L) mask's form for each
+# (`rl_segments` reads the row's segments instead; the mask is there for the rest of the model).
+MASKED_ATTENTION = {SEGMENT_ATTENTION: "bool", "sdpa": "bool", "eager": "additive"}
 
 
 def hf_config(model):
@@ -65,6 +67,8 @@ def model_inputs(model, mb: MicroBatch, dtype: torch.dtype = torch.float32) -> d
     inputs = {"input_ids": mb.input_ids.to(device), "attention_mask": attention_mask_for(model, mb, dtype)}
     if mb.packed:
         inputs["position_ids"] = mb.position_ids.to(device)
+        if getattr(hf_config(model), "_attn_implementation", None) == SEGMENT_ATTENTION:
+            inputs["segments"] = mb.segments.to(device)  # passed through the layers to the attention function
     return inputs
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 from learner.batch import MicroBatch, TrainSample, collate_packed, collate_padded
 from learner.logprobs import hf_config, packing_unsupported_reason
+from learner.segment_attention import SEGMENT_ATTENTION, use_segment_attention
 from rl.coordinator import split_evenly
 
 log = logging.getLogger("learner")
@@ -172,7 +173,11 @@ def choose_layout(wanted: Layout, models: dict[str, object]) -> Layout:
             log.warning("train.packing: the %s cannot run packed micro-batches (%s); falling back to one padded row "
                         "per sample, %d per micro-batch", name, reason, wanted.micro_batch_size)
             return replace(wanted, packing=False)
+    # sdpa models run SDPA per segment (each prompt, each completion against its prompt), not over the masked row
+    switched = [use_segment_attention(hf_config(model)) for model in models.values() if model is not None]
     attention = getattr(hf_config(models["policy"]), "_attn_implementation", None)
-    log.info("learner layout: packed, shared prompts, up to %d tokens per micro-batch (%s attention with a 4D mask)",
-             wanted.max_tokens_per_micro_batch, attention)
+    how = ("SDPA per prompt and per completion, no masked pairs computed" if attention == SEGMENT_ATTENTION and all(switched)
+           else f"{attention} attention over the row with a 4D mask")
+    log.info("learner layout: packed, shared prompts, up to %d tokens per micro-batch (%s)",
+             wanted.max_tokens_per_micro_batch, how)
     return wanted

@@ -16,7 +16,13 @@ from learner.batch import TrainSample
 from learner.critic import ValueModel
 from learner.logprobs import completion_logprobs
 from learner.plan import Layout, epoch_plans
-from learner.step import StepSettings, critic_micro_batch_loss, policy_micro_batch_loss, prepare
+from learner.segment_attention import SEGMENT_ATTENTION, use_segment_attention
+from learner.step import (
+    StepSettings,
+    critic_micro_batch_loss,
+    policy_micro_batch_loss,
+    prepare,
+)
 
 # The presets' settings (rl/config.py ALGORITHM_PRESETS) with a KL term, the entropy bonus and
 # truncated importance sampling switched on, so that every term of the loss is exercised.
@@ -117,26 +123,35 @@ TOLERANCES = {"logprob_abs": 5e-5, "value_abs": 5e-5, "advantage_abs": 5e-5, "lo
               "grad_rel": 1e-4}
 
 
-def build_models(model_dir: str, device: torch.device, with_critic: bool, seed: int = 0, attention: str = "sdpa"):
-    """The policy, a reference that differs from it (so the KL is not 0), and a critic with a non-zero head."""
+def build_models(model_dir: str, device: torch.device, with_critic: bool, seed: int = 0,
+                 attention: str = SEGMENT_ATTENTION):
+    """The policy, a reference that differs from it (so the KL is not 0), and a critic with a non-zero head.
+
+    attention: `rl_segments` (what the learner runs: sdpa models switched to it), `sdpa` (SDPA over
+    the whole row with the 4D mask) or `eager`."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention).to(device)
+    loaded_as = "sdpa" if attention == SEGMENT_ATTENTION else attention
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=loaded_as).to(device)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(0.02 * torch.randn_like(p))
     critic = None
     if with_critic:
-        backbone = AutoModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention)
+        backbone = AutoModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=loaded_as)
         critic = ValueModel(backbone, backbone.config.hidden_size).to(device)
         torch.nn.init.normal_(critic.value_head.weight, std=0.5)
+    if attention == SEGMENT_ATTENTION:
+        for model in (policy, ref, critic.backbone if critic is not None else None):
+            if model is not None:
+                assert use_segment_attention(model.config), "the tiny model's attention is not sdpa"
     return policy, ref, critic
 
 
 def compare_layouts(model_dir: str, algorithm: str, device: torch.device, max_tokens: int = 48,
-                    attention: str = "sdpa") -> dict[str, float]:
+                    attention: str = SEGMENT_ATTENTION) -> dict[str, float]:
     """Packed (several rows, one group over the budget) against one padded row per sample, on one algorithm."""
     settings = ALGORITHMS[algorithm]
     policy, ref, critic = build_models(model_dir, device, settings.gae, attention=attention)

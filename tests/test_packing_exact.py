@@ -18,7 +18,10 @@ def test_packed_matches_padded_per_sample(tiny_model_dir, algorithm):
         assert gaps[name] <= tolerance, f"{algorithm}: {name} = {gaps[name]:.3g} > {tolerance:g} ({gaps})"
 
 
-def test_eager_attention_gets_an_additive_mask_and_matches_too(tiny_model_dir):
-    gaps = compare_layouts(str(tiny_model_dir), "ppo", torch.device("cpu"), attention="eager")
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_masked_row_attention_matches_too(tiny_model_dir, attention):
+    """The packed row under its 4D mask (bool for sdpa, additive for eager), as models the learner cannot
+    switch to segment attention run it."""
+    gaps = compare_layouts(str(tiny_model_dir), "ppo", torch.device("cpu"), attention=attention)
     for name, tolerance in TOLERANCES.items():
-        assert gaps[name] <= tolerance, f"eager: {name} = {gaps[name]:.3g} > {tolerance:g} ({gaps})"
+        assert gaps[name] <= tolerance, f"{attention}: {name} = {gaps[name]:.3g} > {tolerance:g} ({gaps})"

@@ -26,7 +26,8 @@ PROBE = textwrap.dedent(
     from learner.critic import build_critic_engine
     from learner.distributed import barrier, rank, world_size
     from learner.engine import build_policy_engine, build_reference_model, init_distributed
-    from learner.plan import Layout
+    from learner.logprobs import hf_config
+    from learner.plan import Layout, choose_layout
     from learner.step import train_step
     from tests.packing_exactness import ALGORITHMS, exactness_samples
 
@@ -53,6 +54,9 @@ PROBE = textwrap.dedent(
                 critic = build_critic_engine(model, lr=1e-3, warmup_steps=0, total_steps=10, zero_stage=3, micro_batch_size=1,
                                              grad_accum_steps=1, grad_clip=0.0, dtype="float32")
             ref = build_reference_model(model, "float32")
+            if name == "packed":  # as the learner runs it: its sdpa models switched to segment attention
+                layout = choose_layout(layout, {"policy": engine, "critic": critic, "reference model": ref})
+                assert hf_config(engine)._attn_implementation == "rl_segments", hf_config(engine)._attn_implementation
             grads, critic_grads = {}, {}
             capture_grads(engine, grads)
             if critic is not None:

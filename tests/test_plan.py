@@ -110,7 +110,10 @@ class FakeModel:
 def test_a_model_whose_attention_takes_no_mask_falls_back_to_padded_with_one_line(caplog):
     caplog.set_level(logging.INFO, logger="learner")
     wanted = Layout(packing=True, micro_batch_size=4)
-    assert choose_layout(wanted, {"policy": FakeModel("sdpa"), "critic": None}).packing
+    policy, eager = FakeModel("sdpa"), FakeModel("eager")
+    assert choose_layout(wanted, {"policy": policy, "critic": None, "reference model": eager}).packing
+    # sdpa models run the packed rows through segment attention; eager keeps its additive 4D mask
+    assert policy.config._attn_implementation == "rl_segments" and eager.config._attn_implementation == "eager"
     fallback = choose_layout(wanted, {"policy": FakeModel("sdpa"), "reference model": FakeModel("flash_attention_2")})
     assert not fallback.packing and fallback.micro_batch_size == 4
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
