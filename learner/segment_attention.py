@@ -53,11 +53,14 @@ def completion_chunks(lengths: list[int], prompt_len: int) -> list[list[int]]:
     """Consecutive completions (by index) in chunks of about max(prompt_len, MIN_CHUNK_TOKENS) tokens."""
     budget = max(prompt_len, MIN_CHUNK_TOKENS)
     chunks: list[list[int]] = []
+    filled = 0  # tokens in the last chunk
     for i, n in enumerate(lengths):
-        if chunks and sum(lengths[j] for j in chunks[-1]) + n <= budget:
+        if chunks and filled + n <= budget:
             chunks[-1].append(i)
+            filled += n
         else:
             chunks.append([i])
+            filled = n
     return chunks
 
 
