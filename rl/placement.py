@@ -14,7 +14,8 @@ hands each child its part through the environment (`child_environment`). Rules:
   same GPU's total instead.
 - dtypes: training bf16 where every learner GPU supports it (compute capability 8.0, Ampere, and
   later), else fp32; rollout bf16 on Ampere and later, fp16 before (vLLM refuses bf16 there), fp32
-  on CPU. CUDA graphs on GPU (`enforce_eager` false), eager on CPU.
+  on CPU. vLLM compiles the model (and captures CUDA graphs on GPU) unless `rollout.enforce_eager`
+  says otherwise; on CPU, inductor needs a C++ compiler, so without one the engine runs eager.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from rl.config import Config
 MEMORY_ENV = "RL_GPU_MEMORY_UTILIZATION"
 START_LOCK_ENV = "RL_GPU_START_LOCK"
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+NO_COMPILER_NOTE = ("no C++ compiler found (g++, or $CXX), so vLLM runs eager on CPU, about 1.3x slower generation: "
+                    "install g++ to compile, or set rollout.enforce_eager=true to silence this")
 
 DEDICATED_BUDGET = 0.90  # of a GPU that only rollout engines use, split among them
 SHARED_BUDGET = 0.40  # of a GPU the learner also trains on
@@ -63,6 +66,7 @@ class Machine:
     cores: tuple[int, ...] = (0,)  # the cores this launcher may run on
     cpu_count: int = 1  # os.cpu_count(), which the learner divides among its local ranks
     source: str = "torch"  # where the GPU list came from (torch, RL_FAKE_GPUS)
+    cpp_compiler: str | None = "g++"  # the C++ compiler torch inductor would use (None: none found)
 
 
 @dataclass(frozen=True)
@@ -138,8 +142,11 @@ def cpu_plan(machine: Machine, config: Config, ranks: int, worker_cores) -> Plan
     notes = []
     if rollout.num_workers and ranks:
         notes.append("learner and rollout workers share the CPU cores")
+    if rollout.num_workers and rollout.enforce_eager is None and machine.cpp_compiler is None:
+        notes.append(NO_COMPILER_NOTE)
+    eager = enforce_eager_for(rollout.enforce_eager, on_gpu=False, cpp_compiler=machine.cpp_compiler)
     return Plan(machine, learner, tuple(workers), train_dtype="float32", rollout_dtype=rollout_dtype_for(rollout.dtype, None),
-                enforce_eager=enforce_eager_for(rollout.enforce_eager, on_gpu=False), world_size=config.learner.world_size,
+                enforce_eager=eager, world_size=config.learner.world_size,
                 hostfile=config.learner.hostfile is not None, notes=tuple(notes) + remote_note(config))
 
 
@@ -245,9 +252,13 @@ def rollout_dtype_for(requested: str, gpus: list[Gpu] | None) -> str:
     return requested
 
 
-def enforce_eager_for(requested: bool | None, on_gpu: bool) -> bool:
-    """CUDA graphs on GPU (the in-place weight copy keeps tensor addresses, so they stay valid); eager on CPU."""
-    return (not on_gpu) if requested is None else requested
+def enforce_eager_for(requested: bool | None, on_gpu: bool, cpp_compiler: str | None = "g++") -> bool:
+    """Unset: compiled, as vLLM does by default. On GPU with CUDA graphs (the in-place weight copy keeps
+    tensor addresses, so they stay valid); on CPU with inductor's C++ kernels, so eager when no C++
+    compiler is found (generation about 1.3x slower, see docs/benchmarks.md)."""
+    if requested is not None:
+        return requested
+    return False if on_gpu else cpp_compiler is None
 
 
 def remote_note(config: Config) -> tuple[str, ...]:

@@ -77,7 +77,7 @@ def rollout_summary(plan: Plan, config: Config) -> str:
         return (f"no local workers; weights published in {plan.rollout_dtype} (workers that join set rollout.dtype="
                 f"{config.rollout.dtype} and their memory for their own GPU)")
     count = f"{n} local worker{'s' * (n != 1)}"
-    graphs = "eager" if plan.enforce_eager else "CUDA graphs"
+    graphs = "eager" if plan.enforce_eager else ("compiled, CUDA graphs" if plan.on_gpu else "compiled")
     engine = f"vLLM on {'CUDA' if plan.on_gpu else 'CPU'} ({graphs})"
     text = f"{count}, {engine}, rollout.dtype {plan.rollout_dtype}, weights published in {plan.rollout_dtype}"
     if not plan.on_gpu and n:

@@ -162,7 +162,7 @@ def test_ppo_step_trains_policy_and_critic_and_the_critic_learns_the_returns(tin
     assert 0 < metrics["critic/value_mean"] <= 1.5 and metrics["critic/return_mean"] == pytest.approx(1.0)
     # every return is 1: explained variance is undefined, so it is absent; the whitened advantages span both signs
     assert "critic/explained_variance" not in metrics
-    assert metrics["advantage/min"] < 0 < metrics["advantage/max"] and metrics["advantage/mean"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["advantage/min"] < 0 < metrics["advantage/max"] and metrics["advantage/mean"] == pytest.approx(0.0, abs=1e-4)
     varied = train_step(engine, samples(score=None), settings, critic=critic)  # returns 0 and 1: the critic explains some
     assert -10 < varied["critic/explained_variance"] <= 1.0
 

@@ -129,12 +129,32 @@ def test_cpu_plan_reports_pinning_and_threads_and_sets_no_environment():
     assert [(p.name, p.gpu, p.cores, p.threads) for p in plan.learner + plan.workers] == [
         ("learner rank 0", None, None, 4), ("local-0", None, (0, 1), 2), ("local-1", None, (2, 3), 2)]
     assert all(env == {} for env in envs(plan).values())
-    assert (plan.train_dtype, plan.rollout_dtype, plan.enforce_eager) == ("float32", "float32", True)
+    assert (plan.train_dtype, plan.rollout_dtype, plan.enforce_eager) == ("float32", "float32", False)  # compiled
     two_ranks = make_plan(machine, config("learner.world_size=2", "rollout.cpu_threads='0-2'"), worker_cores=(None,))
     assert [(p.name, p.threads) for p in two_ranks.learner + two_ranks.workers] == [
         ("learner rank 0", 2), ("learner rank 1", 2), ("local-0", 3)]
     with pytest.raises(PlanError, match="train.dtype=bfloat16 needs a GPU"):
         make_plan(machine, config("train.dtype=bfloat16"))
+
+
+def test_cpu_without_a_cpp_compiler_runs_vllm_eager_and_says_so():
+    from rl.placement import NO_COMPILER_NOTE
+
+    machine = Machine(cores=(0, 1), cpu_count=2, source="test", cpp_compiler=None)
+    plan = make_plan(machine, config())
+    assert plan.enforce_eager and NO_COMPILER_NOTE in plan.notes
+    chosen = make_plan(machine, config("rollout.enforce_eager=true"))  # the user's choice: no note
+    assert chosen.enforce_eager and NO_COMPILER_NOTE not in chosen.notes
+    assert not make_plan(Machine(cores=(0, 1), cpu_count=2, source="test"), config()).enforce_eager
+
+
+def test_cpp_compiler_is_found_on_path_through_cxx(monkeypatch):
+    from rl import devices
+
+    monkeypatch.setenv("CXX", "no-such-compiler-rl-test")
+    assert devices.cpp_compiler() is None
+    monkeypatch.setenv("CXX", "sh")  # any program on PATH
+    assert devices.cpp_compiler() is not None
 
 
 @pytest.mark.parametrize("fake, overrides", [

@@ -45,9 +45,10 @@ def tied(model_dir) -> bool:
     return bool(json.loads((Path(model_dir) / "config.json").read_text()).get("tie_word_embeddings", False))
 
 
-@pytest.fixture(scope="module")
-def engine(model_dir):
-    eng = RolloutEngine(str(model_dir), seed=0, max_model_len=1024, kv_cache_gib=0.25)
+@pytest.fixture(scope="module", params=[None, True], ids=["default", "eager"])
+def engine(model_dir, request):
+    """The default engine (compiled by inductor on CPU where g++ is found, as on CI) and the eager one."""
+    eng = RolloutEngine(str(model_dir), seed=0, max_model_len=1024, kv_cache_gib=0.25, enforce_eager=request.param)
     yield eng
     eng.close()
 
@@ -107,6 +108,18 @@ def buckets(weights: dict[str, torch.Tensor], size: int) -> list[list[tuple[str,
 
 
 # -- tests ------------------------------------------------------------------------------------
+
+
+def test_the_default_engine_compiles_the_model_on_this_machine(engine):
+    from vllm.config import CompilationMode
+
+    from rl.devices import cpp_compiler
+
+    mode = engine.llm.llm_engine.vllm_config.compilation_config.mode
+    compiled = engine.enforce_eager is False
+    assert compiled == (mode != CompilationMode.NONE)
+    if cpp_compiler() is not None:
+        assert compiled != (engine.requested_eager is True)
 
 
 def test_generate_shapes_and_determinism(engine):
