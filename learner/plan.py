@@ -15,6 +15,11 @@
 
 Every rank computes the same plan from the same samples, so the denominators (the whole
 mini-batch's loss tokens and sequences) need no communication.
+
+Samples that cannot change the update (`computed` says which can: e.g. an advantage of exactly 0
+with no KL or entropy term) stay in the denominators but out of the micro-batches. A mini-batch
+left with none runs one copy of its smallest sample weighted 0, so that its optimizer step (with
+zero gradients: AdamW's moments still move the weights) happens as it would have.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from learner.batch import MicroBatch, TrainSample, collate_packed, collate_padded
@@ -55,6 +61,8 @@ class MiniBatchPlan:
     weights: list[float] = field(default_factory=list)  # 1.0, or 0.0 for a copy that only keeps ranks in lockstep
     num_tokens: int = 0  # loss tokens of the whole mini-batch, every rank's
     num_sequences: int = 0  # samples with a token in the loss, every rank's
+    computed_tokens: int = 0  # the loss tokens of the samples that are computed (the diagnostics' denominator)
+    skipped: int = 0  # samples left out because they cannot change the update
 
 
 def group_indices(samples: list[TrainSample], indices: list[int]) -> list[list[int]]:
@@ -123,21 +131,25 @@ def shuffled_order(samples: list[TrainSample], seed: int, step: int, epoch: int)
     return [i for group in groups for i in group]
 
 
+Computed = Callable[[TrainSample], bool]
+
+
 def epoch_plans(samples: list[TrainSample], layout: Layout, mini_batches: int, epochs: int, *, seed: int, step: int,
-                rank: int = 0, world_size: int = 1) -> list[list[MiniBatchPlan]]:
+                rank: int = 0, world_size: int = 1, computed: Computed | None = None) -> list[list[MiniBatchPlan]]:
     """The plan of each epoch, each with its own order of groups. One mini-batch: one plan for every
     epoch (the update sees the whole batch whatever the order)."""
     if mini_batches <= 1:
-        return [plan_step(samples, layout, 1, rank, world_size)]
-    return [plan_step(samples, layout, mini_batches, rank, world_size, order=shuffled_order(samples, seed, step, epoch))
-            for epoch in range(epochs)]
+        return [plan_step(samples, layout, 1, rank, world_size, computed=computed)]
+    return [plan_step(samples, layout, mini_batches, rank, world_size, order=shuffled_order(samples, seed, step, epoch),
+                      computed=computed) for epoch in range(epochs)]
 
 
 def plan_step(samples: list[TrainSample], layout: Layout, mini_batches: int = 1, rank: int = 0,
-              world_size: int = 1, order: list[int] | None = None) -> list[MiniBatchPlan]:
+              world_size: int = 1, order: list[int] | None = None, computed: Computed | None = None) -> list[MiniBatchPlan]:
     """This rank's share of every mini-batch of the step, with the whole mini-batch's denominators.
 
     `order`: the sample indices in the order the mini-batches slice them (default group by group, as received).
+    `computed`: which samples the passes must run over (default all); the others only count in the denominators.
     """
     if not samples:
         raise ValueError("no samples to train on")
@@ -146,20 +158,30 @@ def plan_step(samples: list[TrainSample], layout: Layout, mini_batches: int = 1,
         raise ValueError("order must list every sample index exactly once")
     plans = []
     for indices in (part for part in split_evenly(ordered, max(1, mini_batches)) if part):
-        every = micro_batches_of(samples, indices, layout, world_size)
+        kept = [i for i in indices if computed is None or computed(samples[i])]
+        every = micro_batches_of(samples, kept, layout, world_size)
         owned = assign_to_ranks(every, world_size)
-        count = max(len(o) for o in owned)
+        count = max(1, max(len(o) for o in owned))  # at least one pass: the optimizer step needs its (zero) gradients
         mine = [every[i] for i in owned[rank]]
         weights = [1.0] * len(mine)
         while len(mine) < count:  # lockstep: copy the smallest micro-batch, weighted 0
-            mine.append(min(every, key=compute_cost))
+            mine.append(min(every, key=compute_cost) if every else smallest_sample_batch(samples, indices, layout))
             weights.append(0.0)
         plans.append(MiniBatchPlan(
             micro_batches=mine, weights=weights,
             num_tokens=sum(len(samples[i].completion_ids) for i in indices if samples[i].in_loss),
             num_sequences=sum(1 for i in indices if samples[i].in_loss and samples[i].completion_ids),
+            computed_tokens=sum(len(samples[i].completion_ids) for i in kept if samples[i].in_loss),
+            skipped=len(indices) - len(kept),
         ))
     return plans
+
+
+def smallest_sample_batch(samples: list[TrainSample], indices: list[int], layout: Layout) -> MicroBatch:
+    """A micro-batch of the mini-batch's shortest sample (for a pass weighted 0)."""
+    candidates = [i for i in indices if samples[i].completion_ids] or indices
+    shortest = min(candidates, key=lambda i: len(samples[i].prompt_ids) + len(samples[i].completion_ids))
+    return micro_batches_of(samples, [shortest], layout, 1)[0]
 
 
 def choose_layout(wanted: Layout, models: dict[str, object]) -> Layout:

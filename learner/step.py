@@ -12,6 +12,12 @@ Shape of a step (`learner.plan` decides which micro-batch holds which samples, o
    step 1 then runs once per epoch, all before the first update, so every epoch's ratio is taken
    against the same pre-update policy.
 
+Samples that cannot change the update are left out of every pass (`skip_zero_advantage`, the
+default): those masked out of the loss, and, when the loss has no KL or entropy term and no critic,
+those whose advantage is exactly 0 (every sample of a group whose rewards are all equal). They
+still count in the denominators, so the update is the one the full pass would make; the
+diagnostics (entropy, logprob_diff, clip fractions, KL) are means over the computed tokens.
+
 With one update per batch the ratio's denominator is the grad pass's own detached logprobs (the
 policy has not moved yet), also for truncated importance sampling: no extra forward pass is spent.
 vLLM's `rollout_logprobs` are the sampler's, not the ratio's denominator; they enter only through
@@ -46,7 +52,10 @@ from learner.losses import (
     truncated_is_weights,
     value_loss,
 )
-from learner.plan import Layout, MiniBatchPlan, epoch_plans
+from learner.plan import Computed, Layout, MiniBatchPlan, epoch_plans
+
+# Per-token diagnostics: reported as means over the computed tokens (the loss shares keep the full denominators).
+DIAGNOSTICS = ("kl", "clip_frac", "clip_frac_low", "clip_frac_high", "entropy", "is_weight", "logprob_diff", "approx_kl")
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class StepSettings:
     value_clip: float | None = 0.2
     whiten_advantages: bool = True
     seed: int = 0  # with (step, epoch), the order in which each epoch takes the mini-batches
+    skip_zero_advantage: bool = True  # leave out of the passes the samples that cannot change the update
 
     @property
     def updates(self) -> int:
@@ -93,6 +103,19 @@ class PreparedMiniBatch:
     items: list[Prepared]
     num_tokens: int  # the whole mini-batch's (every rank's) loss tokens
     num_sequences: int
+    computed_tokens: int = 0  # the loss tokens of its computed samples (every rank's)
+    skipped: int = 0
+
+
+def computed_samples(settings: StepSettings) -> Computed | None:
+    """Which samples a pass must cover (None: all). One masked out of the loss adds nothing to any loss
+    term; one whose advantage is exactly 0 adds nothing to the policy-gradient term, so it may be left
+    out when there is no KL or entropy term and no critic (PPO's token advantages are never skipped)."""
+    if not settings.skip_zero_advantage:
+        return None
+    if settings.gae or settings.kl_coef > 0 or settings.entropy_coef > 0:
+        return lambda s: s.in_loss and bool(s.completion_ids)
+    return lambda s: s.in_loss and bool(s.completion_ids) and s.advantage != 0.0
 
 
 def train_step(
@@ -113,22 +136,31 @@ def train_step(
     start = time.perf_counter()
     device = model_device(engine)
     plans = epoch_plans(samples, layout, settings.mini_batches, settings.epochs, seed=settings.seed, step=step,
-                        rank=rank, world_size=world_size)
+                        rank=rank, world_size=world_size, computed=computed_samples(settings))
     prepared = [prepare(engine, plan, settings, ref_model, critic, world_size) for plan in plans]  # before any update
     lr = engine.get_lr()[0]  # the LR of this step's first update; the scheduler advances in engine.step()
     totals: dict[str, float] = defaultdict(float)
     totals["time/no_grad_seconds"] = clock(device) - start
     seen_tokens = 0
     grad_norms: list[float] = []
+    diagnostic_sums: dict[str, float] = defaultdict(float)
+    computed_tokens = 0
     for epoch in range(settings.epochs):
         for mini_batch in prepared[epoch % len(prepared)]:
             metrics, tokens, grad_norm = update(engine, mini_batch, settings, critic, world_size)
             for key, value in metrics.items():
-                totals[key] += value if key.startswith("time/") else value / settings.updates
+                if key in DIAGNOSTICS:  # a share of the mini-batch's tokens: back to a sum
+                    diagnostic_sums[key] += value * mini_batch.num_tokens
+                else:
+                    totals[key] += value if key.startswith("time/") else value / settings.updates
+            computed_tokens += mini_batch.computed_tokens
             seen_tokens += tokens
             if grad_norm is not None:
                 grad_norms.append(grad_norm)
+    for key, value in diagnostic_sums.items():  # means over the computed tokens of every update (NaN: none computed)
+        totals[key] = value / computed_tokens if computed_tokens else math.nan
     out = step_metrics(totals, settings, lr, grad_norms, seen_tokens / (time.perf_counter() - start), critic)
+    out["train/skipped_frac"] = sum(mini.skipped for mini in prepared[0]) / len(samples)
     if settings.gae:
         out.update(gae_diagnostics([item for mini in prepared[0] for item in mini.items], world_size))
     return out
@@ -180,7 +212,7 @@ def prepare(engine, plans: list[MiniBatchPlan], settings: StepSettings, ref_mode
                 if settings.gae:
                     item.old_values = completion_values(critic, mb)
             items.append(item)
-        out.append(PreparedMiniBatch(items, plan.num_tokens, plan.num_sequences))
+        out.append(PreparedMiniBatch(items, plan.num_tokens, plan.num_sequences, plan.computed_tokens, plan.skipped))
     if settings.gae:
         attach_gae([item for mini in out for item in mini.items], settings, world_size)
     return out

@@ -105,7 +105,7 @@ def step_settings(config: Config) -> StepSettings:
         length_norm=float(t.length_norm or config.rollout.max_new_tokens), temperature=config.rollout.temperature or 1.0,
         tis_cap=t.tis_cap if config.rollout.async_ else None, epochs=t.epochs, mini_batches=t.mini_batches,
         gae=t.advantage == "gae", gamma=c.gamma, lam=c.lam, value_clip=c.value_clip, whiten_advantages=c.whiten_advantages,
-        seed=config.run.seed,
+        seed=config.run.seed, skip_zero_advantage=t.skip_zero_advantage,
     )
 
 

@@ -223,6 +223,12 @@ class TrainConfig(Section):
         "with it. Default: 512 on CPU (as fast as 1024 there, with less memory), 8192 on a GPU."
     )
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass of the padded layout (packing: false).")
+    skip_zero_advantage: bool = Field(
+        True, description="Leave out of the learner's passes the samples that cannot change the update: those masked "
+        "out of the loss, and, with no KL or entropy term and no critic, those whose advantage is exactly 0 (a group "
+        "whose rewards are all equal). The update is the same; train/entropy and the other diagnostics then cover the "
+        "computed tokens. false: every sample is computed."
+    )
     grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient norm to this.")
     algorithm: Literal["grpo", "dr_grpo", "dapo", "rloo", "ppo"] = Field(
         "grpo", description="A preset for the settings below that are not given: grpo, dr_grpo (Dr. GRPO), dapo (DAPO), "
