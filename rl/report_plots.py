@@ -32,7 +32,8 @@ CURVES = (
 )
 # Shown when a run recorded them (the diagnostics of newer runs).
 EXTRA_CURVES = (
-    Curve("plot-zero-spread", "groups with zero reward spread", ("groups/zero_spread_frac",), "share of groups"),
+    Curve("plot-zero-spread", "zero reward spread: groups, and samples the learner left out",
+          ("groups/zero_spread_frac", "train/skipped_frac"), "share"),
     Curve("plot-advantage", "advantage", ("advantage/min", "advantage/mean", "advantage/max")),
 )
 
