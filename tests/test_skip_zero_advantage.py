@@ -5,9 +5,8 @@ A sample masked out of the loss, or (no KL, no entropy bonus, no critic) one who
 step, including a step where every sample is left out (AdamW's moments still move the weights).
 """
 
-from dataclasses import replace
-
 import math
+from dataclasses import replace
 
 import pytest
 import torch
