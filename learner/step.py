@@ -113,9 +113,8 @@ def computed_samples(settings: StepSettings) -> Computed | None:
     out when there is no KL or entropy term and no critic (PPO's token advantages are never skipped)."""
     if not settings.skip_zero_advantage:
         return None
-    if settings.gae or settings.kl_coef > 0 or settings.entropy_coef > 0:
-        return lambda s: s.in_loss and bool(s.completion_ids)
-    return lambda s: s.in_loss and bool(s.completion_ids) and s.advantage != 0.0
+    every_advantage_counts = settings.gae or settings.kl_coef > 0 or settings.entropy_coef > 0
+    return lambda s: s.in_loss and bool(s.completion_ids) and (every_advantage_counts or s.advantage != 0.0)
 
 
 def train_step(
